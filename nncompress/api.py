@@ -1,0 +1,382 @@
+"""The Python API: compress and decompress images, score them, sample from a model.
+
+    >>> from nncompress import api
+    >>> data = api.compress(Image.open("photo.png"))       # bytes of a .nnc file
+    >>> image = api.decompress(data)                         # identical pixels
+
+Many images given together are coded in one schedule (their tiles share each batch step),
+which is much faster on a GPU than one by one. Each image still gets its own file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import container
+from .codec import DecodeJob, EncodeJob, SampleJob, Schedule, TileGrid, TileJob, run_schedule
+from .errors import (
+    DeviceMismatchError,
+    IntegrityError,
+    ModelMismatchError,
+    UnsupportedImageError,
+)
+from .images import Picture, pixel_crc32, to_picture
+from .modelfile import LoadedModel
+from .runtime import coding_context, default_cpu_threads, resolve_device
+from .zoo import default_model_name
+from .zoo import load_model as _zoo_load
+
+DEFAULT_TILE = 32
+# Most tiles per batch step: bounds the stepper's activation caches (device memory).
+DEFAULT_MAX_BATCH = 512
+GROUP_ID_BYTES = 16
+
+ProgressFactory = Callable[[int, str], Callable[[int], None]]  # (total steps, label) -> update
+
+
+def load_model(name_or_path: str | Path | LoadedModel) -> LoadedModel:
+    """A model by name (``nncompress models``), by path, or passed through if loaded."""
+    if isinstance(name_or_path, LoadedModel):
+        return name_or_path
+    return _zoo_load(name_or_path)
+
+
+def _model_for(model: str | Path | LoadedModel | None, channels: int) -> LoadedModel:
+    lm = load_model(model if model is not None else default_model_name(channels))
+    if lm.model.channels != channels:
+        kind = "greyscale" if channels == 1 else "colour"
+        raise UnsupportedImageError(
+            f"model {lm.name!r} codes {lm.model.channels}-channel images; "
+            f"this {kind} image has {channels} (choose another --model)"
+        )
+    return lm
+
+
+def model_tile(lm: LoadedModel, tile: int | tuple[int, int] | None = None) -> tuple[int, int]:
+    """The tile size to code with: the model's fixed tile, else ``tile``, else the size the
+    model was trained/evaluated for (its info), else DEFAULT_TILE."""
+    fixed = type(lm.model).fixed_tile
+    if tile is not None:
+        th, tw = (tile, tile) if isinstance(tile, int) else tile
+        if fixed is not None and (th, tw) != tuple(fixed):
+            raise UnsupportedImageError(f"model {lm.name!r} codes {fixed[0]}x{fixed[1]} tiles only")
+        if not (1 <= th <= container.MAX_TILE and 1 <= tw <= container.MAX_TILE):
+            raise UnsupportedImageError(f"tile size must be 1..{container.MAX_TILE}")
+        return th, tw
+    if fixed is not None:
+        return tuple(fixed)
+    th, tw = lm.info.get("tile", (DEFAULT_TILE, DEFAULT_TILE))
+    return int(th), int(tw)
+
+
+def _progress_for(progress: ProgressFactory | None, steps: int, label: str):
+    return progress(steps, label) if progress is not None else None
+
+
+def _steps(schedule: Schedule, jobs: Sequence[TileJob], tile: tuple[int, int]) -> int:
+    n = schedule.batch_slots
+    batches = {
+        b
+        for j in jobs
+        for b in range(j.first_slot // n, (j.first_slot + j.grid.count - 1) // n + 1)
+    }
+    return len(batches) * tile[0] * tile[1]
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"torch {torch.__version__} {torch.cuda.get_device_name(device)}"[:64]
+    return f"torch {torch.__version__}"[:64]
+
+
+@dataclass
+class EncodeResult:
+    """What compressing one image produced."""
+
+    data: bytes  # the .nnc file
+    header: container.Header
+    subpixels: int
+    info_bits: float  # -log2 p(x) under the coding PMFs: what the payload ideally costs
+
+    @property
+    def bits_per_subpixel(self) -> float:
+        return 8 * len(self.data) / self.subpixels
+
+    @property
+    def model_bits_per_subpixel(self) -> float:
+        return self.info_bits / self.subpixels
+
+
+def compress_detailed(
+    images: Sequence[Image.Image],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    progress: ProgressFactory | None = None,
+) -> list[EncodeResult]:
+    """Compress images; images needing the same model are coded in one schedule."""
+    pictures = [to_picture(im) for im in images]
+    dev = resolve_device(device)
+    results: list[EncodeResult | None] = [None] * len(pictures)
+    # One schedule per model: images of other channel counts use other default models.
+    by_model: dict[bytes, tuple[LoadedModel, list[int]]] = {}
+    for i, pic in enumerate(pictures):
+        lm = _model_for(model, pic.channels)
+        by_model.setdefault(lm.digest, (lm, []))[1].append(i)
+    for lm, idx in by_model.values():
+        for i, res in zip(idx, _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)):
+            results[i] = res
+    return [r for r in results if r is not None]
+
+
+def _encode_group(
+    lm: LoadedModel,
+    pictures: list[Picture],
+    dev: torch.device,
+    tile: int | tuple[int, int] | None,
+    max_batch: int,
+    progress: ProgressFactory | None,
+) -> list[EncodeResult]:
+    th, tw = model_tile(lm, tile)
+    grids = [TileGrid(p.height, p.width, th, tw) for p in pictures]
+    schedule, firsts = Schedule.plan([g.count for g in grids], max_batch)
+    crcs = [p.crc32() for p in pictures]
+    group = _group_id(lm, pictures, crcs, (th, tw), schedule)
+    threads = default_cpu_threads() if dev.type == "cpu" else 0
+    jobs = [EncodeJob(g, f, p.planes) for g, f, p in zip(grids, firsts, pictures)]
+    model = lm.model.to(dev).eval()
+    with coding_context(dev, threads):
+        run_schedule(
+            model, jobs, schedule, th, tw,
+            _progress_for(progress, _steps(schedule, jobs, (th, tw)), "encode"),
+        )
+    out = []
+    for job, pic, crc in zip(jobs, pictures, crcs):
+        if not np.array_equal(job.grid.join(job.tiles), pic.planes):
+            raise IntegrityError("internal error: the encoder's canvas differs from the image")
+        header = container.Header(
+            model_name=lm.name,
+            model_digest=lm.digest,
+            mode=pic.mode,
+            width=pic.width,
+            height=pic.height,
+            tile_h=th,
+            tile_w=tw,
+            batch_slots=schedule.batch_slots,
+            first_slot=job.first_slot,
+            total_slots=schedule.total_slots,
+            group=group,
+            device=dev.type,
+            dtype="float32",
+            cpu_threads=threads,
+            torch_version=_device_label(dev),
+            pixel_crc32=crc,
+        )
+        data = container.pack(header, job.encoder.finish())
+        out.append(EncodeResult(data, header, pic.subpixels, job.info_bits))
+    return out
+
+
+def _group_id(lm, pictures, crcs, tile, schedule) -> bytes:
+    """Deterministic id of one schedule: same inputs and settings -> same bytes."""
+    h = hashlib.sha256(lm.digest)
+    h.update(repr((tile, schedule.batch_slots, schedule.total_slots)).encode())
+    for p, crc in zip(pictures, crcs):
+        h.update(repr((p.mode, p.width, p.height, crc)).encode())
+    return h.digest()[:GROUP_ID_BYTES]
+
+
+def compress_many(
+    images: Sequence[Image.Image],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+    progress: bool | ProgressFactory = False,
+) -> list[bytes]:
+    """Compress images to .nnc bytes (one file each), coded together in one schedule."""
+    factory = _tqdm_factory if progress is True else (progress or None)
+    return [r.data for r in compress_detailed(images, model, device, tile, progress=factory)]
+
+
+def compress(
+    image: Image.Image,
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+) -> bytes:
+    """Compress one image to the bytes of a .nnc file."""
+    return compress_many([image], model, device, tile)[0]
+
+
+def _decode_device(header: container.Header, device: str) -> torch.device:
+    if device not in ("auto", header.device):
+        raise DeviceMismatchError(
+            f"this file was encoded on {header.device} and must be decoded on {header.device} "
+            f"(asked for {device}); a portable path does not exist yet"
+        )
+    if header.device == "cuda" and not torch.cuda.is_available():
+        raise DeviceMismatchError(
+            "this file was encoded on cuda and must be decoded on a CUDA device; none is available"
+        )
+    return torch.device(header.device)
+
+
+def decompress_many(
+    blobs: Sequence[bytes],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    progress: bool | ProgressFactory = False,
+) -> list[Image.Image]:
+    """Decode .nnc files. Files encoded together are decoded together (same schedule)."""
+    factory = _tqdm_factory if progress is True else (progress or None)
+    parsed = [container.unpack(b) for b in blobs]
+    given = load_model(model) if model is not None else None
+    out: list[Image.Image | None] = [None] * len(parsed)
+    groups: dict[tuple, list[int]] = {}
+    for i, (h, _) in enumerate(parsed):
+        key = (h.model_digest, h.group, h.tile_h, h.tile_w, h.batch_slots, h.total_slots,
+               h.device, h.dtype, h.cpu_threads)
+        groups.setdefault(key, []).append(i)
+    for idx in groups.values():
+        h0 = parsed[idx[0]][0]
+        lm = _decode_model(h0, given)
+        dev = _decode_device(h0, device)
+        jobs = [
+            DecodeJob(TileGrid(h.height, h.width, h.tile_h, h.tile_w), h.first_slot, payload)
+            for h, payload in (parsed[i] for i in idx)
+        ]
+        schedule = Schedule(h0.batch_slots, h0.total_slots)
+        model_ = lm.model.to(dev).eval()
+        with coding_context(dev, h0.cpu_threads or 1):
+            run_schedule(
+                model_, jobs, schedule, h0.tile_h, h0.tile_w,
+                _progress_for(factory, _steps(schedule, jobs, (h0.tile_h, h0.tile_w)), "decode"),
+            )
+        for i, job in zip(idx, jobs):
+            h = parsed[i][0]
+            image = Picture(job.grid.join(job.tiles), h.mode).to_pil()
+            if pixel_crc32(image) != h.pixel_crc32:
+                raise IntegrityError(_crc_message(h, dev))
+            out[i] = image
+    return [im for im in out if im is not None]
+
+
+def _crc_message(h: container.Header, dev: torch.device) -> str:
+    here = _device_label(dev)
+    msg = "decoded pixels do not match the stored checksum (corrupted file"
+    if here != h.torch_version:
+        msg += f", or a different runtime: encoded with '{h.torch_version}', decoding with '{here}'"
+    return msg + ")"
+
+
+def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel:
+    lm = given if given is not None else _zoo_load(h.model_name)
+    if lm.digest != h.model_digest:
+        raise ModelMismatchError(
+            f"file was encoded with model {h.model_name!r} (digest {h.model_digest.hex()[:12]}), "
+            f"but model {lm.name!r} has digest {lm.digest.hex()[:12]}"
+        )
+    return lm
+
+
+def decompress(
+    data: bytes, model: str | Path | LoadedModel | None = None, device: str = "auto"
+) -> Image.Image:
+    """Decode the bytes of one .nnc file to a Pillow image with the original pixels and mode."""
+    return decompress_many([data], model, device)[0]
+
+
+@dataclass
+class ScoreResult:
+    """The model's cost of one image without coding: bits per subpixel, and per pixel."""
+
+    bits_per_subpixel: float
+    bits_map: np.ndarray  # (H, W) float32: bits of each pixel, channels summed
+
+
+@torch.no_grad()
+def score_detailed(
+    images: Sequence[Image.Image],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+    max_batch: int = 64,
+) -> list[ScoreResult]:
+    """One parallel pass per image over the same tiles the coder would use (so the number
+    predicts the coded size), in chunks of ``max_batch`` tiles."""
+    dev = resolve_device(device)
+    results = []
+    for im in images:
+        pic = to_picture(im)
+        lm = _model_for(model, pic.channels)
+        th, tw = model_tile(lm, tile)
+        grid = TileGrid(pic.height, pic.width, th, tw)
+        net = lm.model.to(dev).eval()
+        tiles = torch.from_numpy(grid.split(pic.planes, net.padding))
+        bits = []
+        for s in range(0, len(tiles), max_batch):
+            lp = net.log_prob(tiles[s : s + max_batch].to(dev))  # (b, C, th, tw) nats
+            bits.append((-lp.sum(1) / math.log(2)).float().cpu())
+        bmap = grid.join(torch.cat(bits).unsqueeze(1).numpy())[0]
+        results.append(ScoreResult(float(bmap.sum() / pic.subpixels), bmap))
+    return results
+
+
+def score(
+    images: Sequence[Image.Image],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+) -> list[float]:
+    """The model's negative log-likelihood of each image in bits per subpixel (no coding)."""
+    return [r.bits_per_subpixel for r in score_detailed(images, model, device, tile)]
+
+
+def sample(
+    model: str | Path | LoadedModel,
+    n: int,
+    size: tuple[int, int] | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool | ProgressFactory = False,
+) -> list[Image.Image]:
+    """Draw ``n`` images of ``size`` (h, w) from the model, pixel by pixel, with the same
+    stepper and loop the coder uses."""
+    factory = _tqdm_factory if progress is True else (progress or None)
+    lm = load_model(model)
+    h, w = size if size is not None else model_tile(lm)
+    fixed = type(lm.model).fixed_tile
+    if fixed is not None and (h, w) != tuple(fixed):
+        raise UnsupportedImageError(f"model {lm.name!r} samples {fixed[0]}x{fixed[1]} images only")
+    dev = resolve_device(device)
+    rng = np.random.default_rng(seed)
+    grid = TileGrid(h, w, h, w)
+    jobs = [SampleJob(grid, i, rng) for i in range(n)]
+    schedule = Schedule(n, n)
+    net = lm.model.to(dev).eval()
+    mode = "L" if net.channels == 1 else "RGB"
+    with coding_context(dev, default_cpu_threads()):
+        run_schedule(net, jobs, schedule, h, w, _progress_for(factory, h * w, "sample"))
+    return [Picture(job.tiles[0], mode).to_pil() for job in jobs]
+
+
+def _tqdm_factory(total: int, label: str) -> Callable[[int], None]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="step", leave=False, mininterval=0.5)
+
+    def update(k: int) -> None:
+        bar.update(k)
+        if bar.n >= total:
+            bar.close()
+
+    return update

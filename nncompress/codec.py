@@ -1,0 +1,227 @@
+"""The one step loop shared by encoding, decoding and sampling.
+
+Exactness rule (see FORMAT.md, "Replaying the encoder"): the encoder must obtain every
+probability table from exactly the computation the decoder will run. So there is one loop,
+``run_schedule``, parameterised only by where the next symbols come from — the image
+(encoding), the range decoder (decoding) or a random generator (sampling). Everything that
+shapes the computation (tile size, batch composition, device, threads) is decided before the
+loop and recorded in the .nnc header.
+
+Schedule: each image is cut into tiles of ``tile_h x tile_w`` (edge tiles padded); the tiles of
+all images in one call occupy consecutive *slots*; slots are grouped into batches of
+``batch_slots`` (the last one padded with filler slots). Within a batch every tile advances one
+pixel per step, in the stepper's order, channel by channel; one coder call per image per
+channel per step. Padding positions are never coded: their values are derived from decoded
+neighbours (stepper.padding) identically on both sides.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .coding import Decoder, Encoder
+from .models.base import LikelihoodModel, Stepper
+
+ProgressFn = Callable[[int], None]  # called with the number of steps just done
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """How one image of ``height x width`` is cut into tiles (raster order of tiles)."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.height / self.tile_h)
+
+    @property
+    def cols(self) -> int:
+        return math.ceil(self.width / self.tile_w)
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.cols
+
+    def extents(self) -> np.ndarray:
+        """(count, 2) int64: the valid (height, width) of each tile."""
+        hs = np.minimum(self.tile_h, self.height - np.arange(self.rows) * self.tile_h)
+        ws = np.minimum(self.tile_w, self.width - np.arange(self.cols) * self.tile_w)
+        return np.stack(np.broadcast_arrays(hs[:, None], ws[None, :]), axis=-1).reshape(-1, 2)
+
+    def split(self, planes: np.ndarray, padding: str = "edge") -> np.ndarray:
+        """planes: (C, H, W) uint8 -> (count, C, tile_h, tile_w) uint8, padded the way the
+        step loop pads (``"edge"`` replicate or ``"zero"``)."""
+        c = planes.shape[0]
+        ph, pw = self.rows * self.tile_h - self.height, self.cols * self.tile_w - self.width
+        mode = "edge" if padding == "edge" else "constant"
+        full = np.pad(planes, ((0, 0), (0, ph), (0, pw)), mode=mode)
+        t = full.reshape(c, self.rows, self.tile_h, self.cols, self.tile_w)
+        return np.ascontiguousarray(t.transpose(1, 3, 0, 2, 4).reshape(-1, c, self.tile_h, self.tile_w))
+
+    def join(self, tiles: np.ndarray) -> np.ndarray:
+        """(count, C, tile_h, tile_w) -> (C, H, W), dropping padding."""
+        c = tiles.shape[1]
+        t = tiles.reshape(self.rows, self.cols, c, self.tile_h, self.tile_w)
+        full = t.transpose(2, 0, 3, 1, 4).reshape(c, self.rows * self.tile_h, self.cols * self.tile_w)
+        return np.ascontiguousarray(full[:, : self.height, : self.width])
+
+
+class TileJob(abc.ABC):
+    """One image's tiles within a schedule: where its symbols come from or go to."""
+
+    def __init__(self, grid: TileGrid, first_slot: int) -> None:
+        self.grid = grid
+        self.first_slot = first_slot
+        self.extents = grid.extents()
+        self.tiles: np.ndarray | None = None  # (count, C, th, tw) after the schedule ran
+        self.info_bits = 0.0  # -log2 of the coding probabilities of the symbols, summed
+
+    @abc.abstractmethod
+    def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
+        """tiles: (n,) indices of this job's tiles that have a pixel at (y, x);
+        probs: (n, 256) float32 PMFs of channel c there. Returns (n,) int64 symbols."""
+
+    def _account(self, probs: np.ndarray, symbols: np.ndarray) -> None:
+        p = probs[np.arange(len(symbols)), symbols].astype(np.float64)
+        self.info_bits -= float(np.log2(p).sum())
+
+
+class EncodeJob(TileJob):
+    """Symbols come from the image; they are range-coded into ``encoder``."""
+
+    def __init__(self, grid: TileGrid, first_slot: int, planes: np.ndarray) -> None:
+        super().__init__(grid, first_slot)
+        self.source = grid.split(planes)
+        self.encoder = Encoder()
+
+    def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
+        symbols = self.source[tiles, c, y, x].astype(np.int64)
+        self.encoder.encode(symbols, probs)
+        self._account(probs, symbols)
+        return symbols
+
+
+class DecodeJob(TileJob):
+    """Symbols come from the range decoder over ``payload``."""
+
+    def __init__(self, grid: TileGrid, first_slot: int, payload: bytes) -> None:
+        super().__init__(grid, first_slot)
+        self.decoder = Decoder(payload)
+
+    def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
+        symbols = self.decoder.decode(probs)
+        self._account(probs, symbols)
+        return symbols
+
+
+class SampleJob(TileJob):
+    """Symbols are drawn from the model's PMFs (``nncompress sample``)."""
+
+    def __init__(self, grid: TileGrid, first_slot: int, rng: np.random.Generator) -> None:
+        super().__init__(grid, first_slot)
+        self.rng = rng
+
+    def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
+        cdf = np.cumsum(probs.astype(np.float64), axis=1)
+        u = self.rng.random(len(probs))[:, None] * cdf[:, -1:]
+        symbols = np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+        self._account(probs, symbols)
+        return symbols
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Slots: tiles of all images, consecutive; batches of ``batch_slots``."""
+
+    batch_slots: int
+    total_slots: int
+
+    @staticmethod
+    def plan(tile_counts: Sequence[int], max_batch: int) -> tuple[Schedule, list[int]]:
+        """Lay out images with ``tile_counts`` tiles; returns the schedule and first slots."""
+        firsts = np.concatenate([[0], np.cumsum(tile_counts)[:-1]]).astype(int).tolist()
+        total = int(sum(tile_counts))
+        batch = max(1, min(total, max_batch))
+        return Schedule(batch, math.ceil(total / batch) * batch), firsts
+
+
+def run_schedule(
+    model: LikelihoodModel,
+    jobs: Sequence[TileJob],
+    schedule: Schedule,
+    tile_h: int,
+    tile_w: int,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Run the step loop for ``jobs`` (fills each job's ``tiles``). Batches holding no slot of
+    any job are skipped: a slot's computation does not depend on other slots' contents."""
+    n = schedule.batch_slots
+    for job in jobs:
+        job.tiles = np.zeros((job.grid.count, model.channels, tile_h, tile_w), dtype=np.uint8)
+    for start in range(0, schedule.total_slots, n):
+        members = [
+            j for j in jobs if j.first_slot < start + n and j.first_slot + j.grid.count > start
+        ]
+        if members:
+            _run_batch(model, members, start, n, tile_h, tile_w, progress)
+
+
+def _run_batch(
+    model: LikelihoodModel,
+    members: list[TileJob],
+    start: int,
+    n: int,
+    tile_h: int,
+    tile_w: int,
+    progress: ProgressFn | None,
+) -> None:
+    stepper: Stepper = model.stepper(n, tile_h, tile_w)
+    dist = stepper.distribution
+    device = stepper.canvas.device
+    channels = model.channels
+    # Per slot of this batch: valid extent (0 for filler slots), owner and tile index.
+    vh = np.zeros(n, dtype=np.int64)
+    vw = np.zeros(n, dtype=np.int64)
+    spans = []  # (job, lo, hi, first tile index) with slots [lo, hi) of this batch
+    for job in members:
+        lo = max(job.first_slot, start) - start
+        hi = min(job.first_slot + job.grid.count, start + n) - start
+        t0 = start + lo - job.first_slot
+        vh[lo:hi], vw[lo:hi] = job.extents[t0 : t0 + hi - lo].T
+        spans.append((job, lo, hi, t0))
+    # Host mirror of the canvas: padding values are read from it without a device sync.
+    mirror = np.zeros((n, channels, tile_h, tile_w), dtype=np.int64)
+    slots = np.arange(n)
+    edge = stepper.padding == "edge"
+    for y, x in stepper.order():
+        valid = (y < vh) & (x < vw)
+        if edge:
+            sy = np.clip(np.minimum(y, vh - 1), 0, None)
+            sx = np.clip(np.minimum(x, vw - 1), 0, None)
+            values = mirror[slots, :, sy, sx]  # (n, C): padding; valid rows get overwritten
+        else:
+            values = np.zeros((n, channels), dtype=np.int64)
+        params = stepper.params_at(y, x)  # (n, P) on device
+        for c in range(channels):
+            prev = torch.from_numpy(values[:, :c]).to(device)
+            probs = dist.channel_pmf(params, c, prev).cpu().numpy()  # (n, 256) float32
+            for job, lo, hi, t0 in spans:
+                sel = np.flatnonzero(valid[lo:hi])
+                if len(sel):
+                    values[lo + sel, c] = job.exchange(t0 + sel, y, x, c, probs[lo + sel])
+        mirror[:, :, y, x] = values
+        stepper.write(y, x, torch.from_numpy(values).to(device))
+        if progress is not None:
+            progress(1)
+    for job, lo, hi, t0 in spans:
+        job.tiles[t0 : t0 + hi - lo] = mirror[lo:hi]

@@ -1,0 +1,3 @@
+from .range_coder import Decoder, Encoder
+
+__all__ = ["Decoder", "Encoder"]

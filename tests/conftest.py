@@ -1,0 +1,58 @@
+"""Shared fixtures: small models written to a temporary model folder, test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nncompress.modelfile import save_model
+from nncompress.models.histogram import HistogramConfig, HistogramModel
+
+REPO = Path(__file__).resolve().parent.parent
+VAL_DIR = REPO.parent / "shared" / "data" / "photos" / "val"
+MNIST = REPO.parent / "shared" / "data" / "mnist" / "mnist_5k.npz"
+
+
+def random_image(mode: str, width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth-ish random image (so models have something to predict)."""
+    rng = np.random.default_rng(seed)
+    c = {"L": 1, "RGB": 3}[mode]
+    base = rng.integers(0, 256, size=(height, width, c))
+    noise = rng.integers(-8, 9, size=(height, width, c))
+    arr = np.clip(base // 4 * 2 + 64 + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode)
+
+
+def fitted_histogram(channels: int, seed: int = 0) -> HistogramModel:
+    rng = np.random.default_rng(seed)
+    m = HistogramModel(HistogramConfig(channels))
+    m.fit([rng.integers(0, 256, size=(channels, 16, 16), dtype=np.uint8)])
+    return m
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model folder searched first, holding 'hist-rgb' and 'hist-grey' (16x16 tiles), and
+    'pcnn-tiny' (random-init tiny PixelCNN++, 8x8 tiles) when that family exists."""
+    d = tmp_path / "models"
+    d.mkdir()
+    save_model(fitted_histogram(3), d / "hist-rgb.safetensors", info={"tile": [16, 16]})
+    save_model(fitted_histogram(1), d / "hist-grey.safetensors", info={"tile": [16, 16]})
+    monkeypatch.setenv("NNCOMPRESS_MODEL_DIR", str(d))
+    return d
+
+
+def tiny_pixelcnn(channels: int = 3, seed: int = 0):
+    from nncompress.models import build_model
+
+    torch.manual_seed(seed)
+    m = build_model(
+        "pixelcnnpp",
+        {"channels": channels, "nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 2,
+         "dropout": 0.0},
+    )
+    return m.eval()

@@ -1,0 +1,93 @@
+"""The shared step loop, tiling and the API round trips (histogram models: fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import VAL_DIR, fitted_histogram, random_image
+from PIL import Image
+
+from nncompress import api, container
+from nncompress.codec import Schedule, TileGrid
+from nncompress.modelfile import LoadedModel
+
+
+def as_loaded(model, name="test") -> LoadedModel:
+    from nncompress.modelfile import export_tensors, weights_digest
+
+    digest = weights_digest(model.family, model.config_dict(), export_tensors(model))
+    return LoadedModel(name=name, digest=digest, model=model, info={"tile": [8, 8]})
+
+
+@pytest.mark.parametrize("h,w,t", [(1, 1, 4), (1, 9, 4), (9, 1, 4), (7, 5, 3), (8, 8, 4), (5, 13, 16)])
+def test_tile_grid_split_join_round_trip(h, w, t):
+    rng = np.random.default_rng(h * 100 + w)
+    planes = rng.integers(0, 256, size=(3, h, w), dtype=np.uint8)
+    grid = TileGrid(h, w, t, t)
+    tiles = grid.split(planes)
+    assert tiles.shape == (grid.count, 3, t, t)
+    assert np.array_equal(grid.join(tiles), planes)
+    ext = grid.extents()
+    assert ext[:, 0].reshape(grid.rows, grid.cols)[:, 0].sum() == h
+    assert ext[:, 1].reshape(grid.rows, grid.cols)[0].sum() == w
+
+
+def test_edge_padding_replicates_last_row_and_column():
+    planes = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+    tile = TileGrid(2, 3, 4, 4).split(planes, "edge")[0, 0]
+    assert tile.tolist() == [[0, 1, 2, 2], [3, 4, 5, 5], [3, 4, 5, 5], [3, 4, 5, 5]]
+    zero = TileGrid(2, 3, 4, 4).split(planes, "zero")[0, 0]
+    assert zero[2:].sum() == 0 and zero[:, 3].sum() == 0
+
+
+def test_schedule_plan_pads_last_batch():
+    sched, firsts = Schedule.plan([3, 5, 1], max_batch=4)
+    assert firsts == [0, 3, 8]
+    assert (sched.batch_slots, sched.total_slots) == (4, 12)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("size", [(1, 1), (1, 17), (17, 1), (13, 9), (16, 16), (33, 20)])
+def test_round_trip_odd_sizes(mode, size):
+    lm = as_loaded(fitted_histogram(1 if mode == "L" else 3))
+    im = random_image(mode, *size, seed=size[0])
+    data = api.compress(im, lm, "cpu")
+    out = api.decompress(data, lm, "cpu")
+    assert out.mode == mode and out.size == im.size
+    assert np.array_equal(np.asarray(out), np.asarray(im))
+
+
+def test_several_images_one_schedule_decoded_together_and_alone():
+    lm = as_loaded(fitted_histogram(3))
+    ims = [random_image("RGB", w, h, seed=w) for w, h in [(20, 11), (3, 30), (8, 8)]]
+    results = api.compress_detailed(ims, lm, "cpu", max_batch=4)
+    headers = [r.header for r in results]
+    assert len({h.group for h in headers}) == 1
+    assert [h.first_slot for h in headers] == [0, 6, 10]
+    together = api.decompress_many([r.data for r in results], lm, "cpu")
+    for a, b in zip(together, ims):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # A file decoded on its own: other slots of its batches hold filler.
+    alone = api.decompress(results[1].data, lm, "cpu")
+    assert np.array_equal(np.asarray(alone), np.asarray(ims[1]))
+
+
+def test_encoding_is_deterministic():
+    lm = as_loaded(fitted_histogram(3))
+    im = random_image("RGB", 19, 7)
+    assert api.compress(im, lm, "cpu") == api.compress(im, lm, "cpu")
+
+
+@pytest.mark.skipif(not VAL_DIR.is_dir(), reason="shared photos not present")
+def test_payload_within_one_percent_of_model_nll_on_a_photo():
+    photo = Image.open(sorted(VAL_DIR.glob("*.webp"))[0]).convert("RGB").crop((0, 0, 96, 64))
+    lm = as_loaded(fitted_histogram(3))
+    lm.model.fit([np.asarray(photo).transpose(2, 0, 1)])
+    lm = as_loaded(lm.model)
+    res = api.compress_detailed([photo], lm, "cpu")[0]
+    nll = api.score([photo], lm, "cpu")[0]
+    assert res.subpixels >= 10_000
+    assert abs(res.model_bits_per_subpixel / nll - 1) < 1e-3  # coding PMFs = model
+    payload = container.unpack(res.data)[1]
+    assert 8 * len(payload) / res.subpixels / nll - 1 < 0.01  # range coder overhead < 1 %
+    assert np.array_equal(np.asarray(api.decompress(res.data, lm, "cpu")), np.asarray(photo))
