@@ -74,14 +74,15 @@ def _progress(flag: bool | None) -> bool:
 
 def _read_input(path: str) -> bytes:
     if path == STDIO:
-        return click.get_binary_stream("stdin").read()
+        return sys.stdin.buffer.read()
     return Path(path).read_bytes()
 
 
 def _write_output(path: Path | str, data: bytes, force: bool) -> None:
     """Write atomically; refuse to overwrite unless force."""
     if path == STDIO:
-        click.get_binary_stream("stdout").write(data)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
         return
     path = Path(path)
     if path.exists() and not force:
