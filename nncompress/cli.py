@@ -72,10 +72,17 @@ def _progress(flag: bool | None) -> bool:
     return sys.stderr.isatty() if flag is None else flag
 
 
-def _read_input(path: str) -> bytes:
+def _read_input(path: str, limit: int | None = None) -> bytes:
+    """The bytes of a file or stdin; with ``limit``, refuse larger inputs before reading."""
     if path == STDIO:
-        return sys.stdin.buffer.read()
-    return Path(path).read_bytes()
+        data = sys.stdin.buffer.read(limit + 1 if limit else -1)
+    else:
+        if limit and Path(path).stat().st_size > limit:
+            raise _Fail(f"{path}: larger than {limit:,} bytes, not a .nnc file this build reads")
+        data = Path(path).read_bytes()
+    if limit and len(data) > limit:
+        raise _Fail(f"{path}: larger than {limit:,} bytes, not a .nnc file this build reads")
+    return data
 
 
 def _write_output(path: Path | str, data: bytes, force: bool) -> None:
@@ -216,11 +223,11 @@ def decode(inputs, output, model, device, force, quiet, progress) -> None:
         if o != STDIO and Path(o).exists() and not force:
             raise _Fail(f"{o} exists (use --force to overwrite)")
     blobs = []
-    for src in inputs:
-        blobs.append(_read_input(src))
-        try:
-            from . import container
+    from . import container
 
+    for src in inputs:
+        blobs.append(_read_input(src, container.MAX_FILE_BYTES))
+        try:
             container.unpack(blobs[-1])
         except NncError as e:
             raise _Fail(f"{src}: {e}") from None
@@ -243,7 +250,7 @@ def info(files, as_json) -> None:
 
     rows = []
     for f in files:
-        data = _read_input(f)
+        data = _read_input(f, container.MAX_FILE_BYTES)
         try:
             header, payload = container.unpack(data)
         except NncError as e:
