@@ -1,0 +1,810 @@
+"""PixelCNN++ (Salimans et al. 2017) and its cached raster-order stepper (Fast PixelCNN++,
+Ramachandran et al. 2017).
+
+The network has two streams: u ("down", sees the rows above) and ul ("down-right", sees the
+rows above and the pixels to the left in the current row). Both run an up pass over three
+resolutions (full, 1/2, 1/4; stride-2 shifted convolutions) and a down pass back (stride-2
+transposed convolutions), with skip connections from every up-pass node to the down pass.
+All arithmetic lives in four small layer classes (ShiftedConv2d, ShiftedDeconv2d, Nin,
+GatedResnet), each with a parallel ``forward`` (NCHW) and the per-row / per-pixel ``step_*``
+functions the stepper uses, so a portable integer-exact path can replace them in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributions.logistic import DiscretizedLogisticMixture, scale_pixels
+from ..errors import UnsupportedImageError
+from .base import LikelihoodModel, Stepper
+
+# Resolution levels: full, 1/2, 1/4 (the paper's three).
+NUM_LEVELS = 3
+# Std of the weight-norm direction parameters at init (irrelevant to the function, which
+# only sees v / |v|; the reference's value).
+INIT_STD = 0.05
+# Initial gain of a gated block's second conv: blocks start close to the identity.
+GATE_INIT_SCALE = 0.1
+# Every convolution of the stepper's rings has kernel height 2 (row above + current row).
+_RING_ROWS = 2
+
+
+def concat_elu(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """ELU of [x, -x] along ``dim`` (doubles the channels). Note concat_elu(0) == 0, so zero
+    padding before or after it is the same."""
+    return F.elu(torch.cat([x, -x], dim))
+
+
+def _down_shift(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W): move every row one down, zeros in row 0."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, : x.shape[2]]
+
+
+def _right_shift(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W): move every column one right, zeros in column 0."""
+    return F.pad(x, (1, 0))[:, :, :, : x.shape[3]]
+
+
+def _window_matrix(weight: torch.Tensor, flip_rows: bool) -> torch.Tensor:
+    """Conv weight (Cout, Cin, kh, kw) -> (kw*kh*Cin, Cout) for windows laid out (N, kw, kh,
+    Cin) and flattened (see _pixel_window); ``flip_rows`` for rows stored bottom-up."""
+    if flip_rows:
+        weight = weight.flip(2)
+    cout = weight.shape[0]
+    return weight.permute(3, 2, 1, 0).reshape(-1, cout).contiguous()
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """Effective weights of a shifted conv for the stepper, computed once. ``[flip]`` picks
+    the version for windows whose rows are stored bottom-up: ``kernels``: (Cout, Cin, kh, kw)
+    for whole rows, ``mats``: (kw*kh*Cin, Cout) for single windows; ``bias``: (Cout,)."""
+
+    kernels: tuple[torch.Tensor, torch.Tensor]
+    mats: tuple[torch.Tensor, torch.Tensor]
+    bias: torch.Tensor
+    stride: int
+
+    @staticmethod
+    def of(weight: torch.Tensor, bias: torch.Tensor, stride: int = 1) -> ConvStep:
+        """weight: (Cout, Cin, kh, kw), bias: (Cout,), both effective (detached)."""
+        kernels = (weight.contiguous(), weight.flip(2).contiguous())
+        mats = (_window_matrix(weight, False), _window_matrix(weight, True))
+        return ConvStep(kernels, mats, bias, stride)
+
+
+class ShiftedConv2d(nn.Module):
+    """Weight-normalised conv whose output at (i, j) sees input rows i-kh+1 .. i and columns
+    j-(kw-1)/2 .. j+(kw-1)/2 ("down", kw odd) or j-kw+1 .. j (``right``: "down-right").
+    With stride 2 the output (i, j) sees rows 2i-kh+1 .. 2i and the columns around 2j."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: tuple[int, int],
+        *,
+        right: bool = False,
+        stride: int = 1,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        kh, kw = kernel
+        if not right and kw % 2 == 0:
+            raise ValueError("a centred (down) shifted conv needs an odd kernel width")
+        self.kernel = (kh, kw)
+        self.right = right
+        self.stride = stride
+        self.v = nn.Parameter(torch.randn(cout, cin, kh, kw) * INIT_STD)
+        self.g = nn.Parameter(torch.full((cout,), float(init_scale)))
+        self.b = nn.Parameter(torch.zeros(cout))
+
+    @property
+    def padding(self) -> tuple[int, int, int]:
+        """(top, left, right) zero padding that makes the conv causal."""
+        kh, kw = self.kernel
+        if self.right:
+            return kh - 1, kw - 1, 0
+        return kh - 1, (kw - 1) // 2, (kw - 1) // 2
+
+    def weight(self) -> torch.Tensor:
+        """(Cout, Cin, kh, kw) = g * v / |v| per output channel."""
+        norm = self.v.pow(2).sum(dim=(1, 2, 3), keepdim=True).rsqrt()
+        return self.g.view(-1, 1, 1, 1) * self.v * norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) -> (B, Cout, H', W'), H' = ceil(H / stride)."""
+        top, left, right = self.padding
+        x = F.pad(x, (left, right, top, 0))
+        return F.conv2d(x, self.weight(), self.b, stride=self.stride)
+
+    def step_weights(self) -> ConvStep:
+        return ConvStep.of(self.weight().detach().float(), self.b.detach().float(), self.stride)
+
+    @staticmethod
+    def step(
+        sw: ConvStep, windows: torch.Tensor, flip: bool, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """windows: (N, kw*kh*Cin) flattened windows -> (N, Cout), into ``out`` if given."""
+        return torch.addmm(sw.bias, windows, sw.mats[flip], out=out)
+
+    @staticmethod
+    def step_row(sw: ConvStep, rows: torch.Tensor, flip: bool) -> torch.Tensor:
+        """All outputs along a row: rows (B, Wp, kh, Cin) (a ring), already padded ->
+        (B * Wo, Cout), Wo = (Wp - kw) // stride + 1."""
+        # (B, Cin, kh, Wp); one copy into the channels-last layout the conv kernels prefer.
+        x = rows.permute(0, 3, 2, 1).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, sw.kernels[flip], sw.bias, stride=(1, sw.stride))  # (B, Cout, 1, Wo)
+        return y[:, :, 0, :].permute(0, 2, 1).reshape(-1, y.shape[1])
+
+    @staticmethod
+    def step_plus(
+        sw: ConvStep, base: torch.Tensor, windows: torch.Tensor, flip: bool
+    ) -> torch.Tensor:
+        """base + windows @ W (no bias): (N, Cout). For summing two convs in one op."""
+        return torch.addmm(base, windows, sw.mats[flip])
+
+
+@dataclass(frozen=True)
+class DeconvStep:
+    """Effective weights of a ShiftedDeconv2d: ``weight`` (Cin, Cout, kh, kw), ``bias``
+    (Cout,), ``pixel[a][b]``: (Cin, Cout) kernel tap for output row parity a, column parity b
+    (down-right deconvs only)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    pixel: tuple[tuple[torch.Tensor, ...], ...]
+
+
+class ShiftedDeconv2d(nn.Module):
+    """Weight-normalised stride-2 transposed conv, the inverse of the stride-2 shifted conv:
+    output (p, q) reads input row p // 2 only, and input column q // 2 (``right``, 2x2 kernel)
+    or columns q // 2 and, for odd q, q // 2 + 1 (centred, 2x3 kernel)."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], *, right: bool) -> None:
+        super().__init__()
+        kh, kw = kernel
+        self.kernel = (kh, kw)
+        self.right = right
+        self.v = nn.Parameter(torch.randn(cin, cout, kh, kw) * INIT_STD)
+        self.g = nn.Parameter(torch.ones(cout))
+        self.b = nn.Parameter(torch.zeros(cout))
+
+    @property
+    def col_offset(self) -> int:
+        """Columns cropped on the left of the natural transposed-conv output."""
+        return 0 if self.right else (self.kernel[1] - 1) // 2
+
+    def weight(self) -> torch.Tensor:
+        """(Cin, Cout, kh, kw) = g * v / |v| per output channel."""
+        norm = self.v.pow(2).sum(dim=(0, 2, 3), keepdim=True).rsqrt()
+        return self.g.view(1, -1, 1, 1) * self.v * norm
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """x: (B, Cin, h, w) -> (B, Cout, H, W) with H <= 2h, W <= 2w (``size``): the natural
+        2h x 2w output cropped at the bottom and right, so odd sizes stay causal."""
+        y = F.conv_transpose2d(x, self.weight(), self.b, stride=2)
+        off = self.col_offset
+        return y[:, :, : size[0], off : off + size[1]]
+
+    def step_weights(self) -> DeconvStep:
+        w = self.weight().detach().float()
+        kh, kw = self.kernel
+        pixel = tuple(tuple(w[:, :, a, b].contiguous() for b in range(kw)) for a in range(kh))
+        return DeconvStep(w, self.b.detach().float(), pixel)
+
+    def step_row(self, sw: DeconvStep, x: torch.Tensor, parity: int, width: int) -> torch.Tensor:
+        """One output row 2r + parity from input row r: x (B, w, Cin) -> (B * width, Cout)."""
+        b = x.shape[0]
+        taps = sw.weight[:, :, parity : parity + 1, :]  # (Cin, Cout, 1, kw)
+        y = F.conv_transpose2d(x.permute(0, 2, 1).unsqueeze(2), taps, sw.bias, stride=2)
+        off = self.col_offset
+        return y[:, :, 0, off : off + width].permute(0, 2, 1).reshape(b * width, -1)
+
+    @staticmethod
+    def step_pixel(
+        sw: DeconvStep, x: torch.Tensor, row_parity: int, col_parity: int
+    ) -> torch.Tensor:
+        """Down-right deconv at output (p, q) from input (p // 2, q // 2): x (B, Cin) ->
+        (B, Cout); the parities are p % 2 and q % 2."""
+        return torch.addmm(sw.bias, x, sw.pixel[row_parity][col_parity])
+
+
+@dataclass(frozen=True)
+class LinearStep:
+    """Effective weights of a Nin: ``mat`` (Cin, Cout), ``bias`` (Cout,)."""
+
+    mat: torch.Tensor
+    bias: torch.Tensor
+
+
+class Nin(nn.Module):
+    """Weight-normalised 1x1 convolution ("network in network")."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.v = nn.Parameter(torch.randn(cout, cin) * INIT_STD)
+        self.g = nn.Parameter(torch.ones(cout))
+        self.b = nn.Parameter(torch.zeros(cout))
+
+    def weight(self) -> torch.Tensor:
+        """(Cout, Cin) = g * v / |v| per output channel."""
+        return self.g.unsqueeze(1) * self.v * self.v.pow(2).sum(1, keepdim=True).rsqrt()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) -> (B, Cout, H, W)."""
+        return F.conv2d(x, self.weight()[:, :, None, None], self.b)
+
+    def step_weights(self) -> LinearStep:
+        return LinearStep(self.weight().detach().float().t().contiguous(), self.b.detach().float())
+
+    @staticmethod
+    def step(sw: LinearStep, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, Cin) -> (N, Cout)."""
+        return torch.addmm(sw.bias, x, sw.mat)
+
+
+@dataclass(frozen=True)
+class GatedStep:
+    """Effective weights of a GatedResnet for the stepper. The first conv (``hidden``, its
+    bias including the nin's) and the nin, split per aux input (``aux``: (2F, 2F) each), are
+    stacked with their negation, so they yield [c1, -c1] and one ELU gives concat_elu(c1)."""
+
+    hidden: ConvStep
+    aux: tuple[torch.Tensor, ...]
+    gate: ConvStep
+
+
+class GatedResnet(nn.Module):
+    """x + a * sigmoid(b), [a, b] = conv_b(concat_elu(conv_a(concat_elu(x)) +
+    nin(concat_elu(aux)))), with dropout before conv_b. ``n_aux`` auxiliary inputs of
+    ``filters`` channels each (skip connections, the u stream for ul)."""
+
+    def __init__(
+        self, filters: int, kernel: tuple[int, int], *, right: bool, n_aux: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.n_aux = n_aux
+        self.conv_a = ShiftedConv2d(2 * filters, filters, kernel, right=right)
+        # One nin over all aux inputs, as the reference's nin over their concatenation.
+        self.nin = Nin(2 * filters * n_aux, filters) if n_aux else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv_b = ShiftedConv2d(
+            2 * filters, 2 * filters, kernel, right=right, init_scale=GATE_INIT_SCALE
+        )
+
+    def forward(self, x: torch.Tensor, aux: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """x: (B, F, H, W); aux: ``n_aux`` tensors (B, F, H, W) -> (B, F, H, W)."""
+        if len(aux) != self.n_aux:
+            raise ValueError(f"expected {self.n_aux} aux inputs, got {len(aux)}")
+        h = self.conv_a(concat_elu(x))
+        if self.nin is not None:
+            h = h + self.nin(torch.cat([concat_elu(a) for a in aux], dim=1))
+        h = self.dropout(concat_elu(h))
+        a, b = self.conv_b(h).chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
+
+    def step_weights(self) -> GatedStep:
+        w = self.conv_a.weight().detach().float()
+        bias = self.conv_a.b.detach().float()
+        aux = []
+        if self.nin is not None:
+            lin = self.nin.step_weights()
+            bias = bias + lin.bias
+            # Rows of the nin matrix, one block of 2F per aux input.
+            for m in lin.mat.chunk(self.n_aux, dim=0):
+                aux.append(torch.cat([m, -m], 1).contiguous())
+        hidden = ConvStep.of(torch.cat([w, -w]), torch.cat([bias, -bias]))
+        return GatedStep(hidden, tuple(aux), self.conv_b.step_weights())
+
+    @staticmethod
+    def _hidden(h: torch.Tensor, sw: GatedStep, aux: list[torch.Tensor]) -> torch.Tensor:
+        for a, m in zip(aux, sw.aux, strict=True):
+            h.addmm_(a, m)
+        return F.elu(h, inplace=True)
+
+    @staticmethod
+    def _gate(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        a, b = g.chunk(2, dim=1)
+        return torch.addcmul(x, a, torch.sigmoid(b))
+
+    @staticmethod
+    def step_hidden(
+        sw: GatedStep,
+        windows: torch.Tensor,
+        aux: list[torch.Tensor],
+        flip: bool,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One position per item: windows (N, K) flattened concat_elu'd input windows; aux
+        (N, 2F) each, concat_elu'd. Returns concat_elu(c1): (N, 2F) (eval: no dropout),
+        written into ``out`` (e.g. a cache slot) if given."""
+        h = ShiftedConv2d.step(sw.hidden, windows, flip, out=out)
+        return GatedResnet._hidden(h, sw, aux)
+
+    @staticmethod
+    def step_out(sw: GatedStep, x: torch.Tensor, windows: torch.Tensor, flip: bool) -> torch.Tensor:
+        """x: (N, F) raw input; windows: (N, K) concat_elu(c1) windows -> (N, F) output."""
+        return GatedResnet._gate(x, ShiftedConv2d.step(sw.gate, windows, flip))
+
+    @staticmethod
+    def step_hidden_row(
+        sw: GatedStep, rows: torch.Tensor, aux: list[torch.Tensor], flip: bool
+    ) -> torch.Tensor:
+        """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs; aux (B*W, 2F) each.
+        Returns concat_elu(c1): (B*W, 2F)."""
+        h = ShiftedConv2d.step_row(sw.hidden, rows, flip)
+        return GatedResnet._hidden(h, sw, aux)
+
+    @staticmethod
+    def step_out_row(
+        sw: GatedStep, x: torch.Tensor, rows: torch.Tensor, flip: bool
+    ) -> torch.Tensor:
+        """x: (B*W, F) raw input row; rows: (B, W+2, 2, 2F) ring of concat_elu(c1)."""
+        return GatedResnet._gate(x, ShiftedConv2d.step_row(sw.gate, rows, flip))
+
+
+@dataclass(frozen=True)
+class PixelCNNppConfig:
+    channels: int = 3
+    nr_resnet: int = 5
+    nr_filters: int = 160
+    nr_logistic_mix: int = 10
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"PixelCNN++ supports 1 or 3 channels, not {self.channels}")
+        if self.nr_resnet < 0 or self.nr_filters < 1 or self.nr_logistic_mix < 1:
+            raise ValueError(f"invalid PixelCNN++ sizes: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+
+
+def level_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """(H, W) of each resolution level: every stride-2 level is ceil(previous / 2)."""
+    sizes = [(height, width)]
+    for _ in range(NUM_LEVELS - 1):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+class PixelCNNpp(LikelihoodModel):
+    """PixelCNN++ over (B, C, H, W) uint8 images of any size, with a discretized logistic
+    mixture per pixel. Up pass: ``nr_resnet`` gated blocks per level; down pass:
+    ``nr_resnet`` at the coarsest level and ``nr_resnet + 1`` at the others (as the
+    reference), each consuming one skip connection."""
+
+    family = "pixelcnnpp"
+    Config = PixelCNNppConfig
+
+    def __init__(self, config: PixelCNNppConfig) -> None:
+        super().__init__(config)
+        c, f, r = config.channels, config.nr_filters, config.nr_resnet
+        self._dist = DiscretizedLogisticMixture(c, config.nr_logistic_mix)
+        cin = c + 1  # + a constant channel of ones, to tell the image from zero padding
+        self.u_init = ShiftedConv2d(cin, f, (2, 3))
+        self.ul_init_top = ShiftedConv2d(cin, f, (1, 3))
+        self.ul_init_left = ShiftedConv2d(cin, f, (2, 1), right=True)
+
+        def blocks(n: int, right: bool, n_aux: int) -> nn.ModuleList:
+            kernel = (2, 2) if right else (2, 3)
+            return nn.ModuleList(
+                GatedResnet(f, kernel, right=right, n_aux=n_aux, dropout=config.dropout)
+                for _ in range(n)
+            )
+
+        # [level] -> blocks; the u stream has no aux on the way up, ul gets u.
+        self.up_u = nn.ModuleList(blocks(r, False, 0) for _ in range(NUM_LEVELS))
+        self.up_ul = nn.ModuleList(blocks(r, True, 1) for _ in range(NUM_LEVELS))
+        # [level l] -> stride-2 conv from level l to l + 1.
+        self.down_u = nn.ModuleList(
+            ShiftedConv2d(f, f, (2, 3), stride=2) for _ in range(NUM_LEVELS - 1)
+        )
+        self.down_ul = nn.ModuleList(
+            ShiftedConv2d(f, f, (2, 2), right=True, stride=2) for _ in range(NUM_LEVELS - 1)
+        )
+        # [level] -> down-pass blocks: u gets its skip, ul gets [u, its skip].
+        self.dn_u = nn.ModuleList(blocks(self.down_blocks(lv), False, 1) for lv in range(3))
+        self.dn_ul = nn.ModuleList(blocks(self.down_blocks(lv), True, 2) for lv in range(3))
+        # [level l] -> stride-2 transposed conv from level l + 1 to l.
+        self.deconv_u = nn.ModuleList(
+            ShiftedDeconv2d(f, f, (2, 3), right=False) for _ in range(NUM_LEVELS - 1)
+        )
+        self.deconv_ul = nn.ModuleList(
+            ShiftedDeconv2d(f, f, (2, 2), right=True) for _ in range(NUM_LEVELS - 1)
+        )
+        self.out = Nin(f, self._dist.num_params)
+
+    def down_blocks(self, level: int) -> int:
+        """Gated blocks of the down pass at ``level``: R at the coarsest, R + 1 elsewhere."""
+        r = self.config.nr_resnet
+        return r if level == NUM_LEVELS - 1 else r + 1
+
+    @property
+    def distribution(self) -> DiscretizedLogisticMixture:
+        return self._dist
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise UnsupportedImageError(
+                f"expected (B, {self.channels}, H, W) pixels, got shape {tuple(x.shape)}"
+            )
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise UnsupportedImageError(f"empty image: {tuple(x.shape)}")
+
+    def params(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) uint8 in [0, 255] (or float on the same 0..255 scale, e.g. for
+        gradient checks) -> (B, P, H, W) mixture parameters; P = distribution.num_params."""
+        self._check_input(x)
+        xs = scale_pixels(x)
+        b, _, h, w = xs.shape
+        xpad = torch.cat([xs, xs.new_ones(b, 1, h, w)], dim=1)
+        u = _down_shift(self.u_init(xpad))
+        ul = _down_shift(self.ul_init_top(xpad)) + _right_shift(self.ul_init_left(xpad))
+        us, uls = [u], [ul]
+        sizes = []
+        for lv in range(NUM_LEVELS):
+            if lv > 0:
+                u, ul = self.down_u[lv - 1](u), self.down_ul[lv - 1](ul)
+                us.append(u)
+                uls.append(ul)
+            sizes.append(u.shape[2:])
+            for bu, bul in zip(self.up_u[lv], self.up_ul[lv], strict=True):
+                u = bu(u)
+                ul = bul(ul, (u,))
+                us.append(u)
+                uls.append(ul)
+        # Down pass: the last up node starts it; every block pops one skip per stream.
+        us.pop()
+        uls.pop()
+        for lv in reversed(range(NUM_LEVELS)):
+            if lv < NUM_LEVELS - 1:
+                u = self.deconv_u[lv](u, sizes[lv])
+                ul = self.deconv_ul[lv](ul, sizes[lv])
+            for bu, bul in zip(self.dn_u[lv], self.dn_ul[lv], strict=True):
+                u = bu(u, (us.pop(),))
+                ul = bul(ul, (u, uls.pop()))
+        return self.out(F.elu(ul))
+
+    def stepper(self, batch: int, height: int, width: int) -> PixelCNNppStepper:
+        return PixelCNNppStepper(self, batch, height, width)
+
+
+# ----------------------------------------------------------------------------------------
+# The cached stepper
+
+
+def _new_ring(batch: int, width: int, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """A two-row ring buffer (B, width, 2, channels), zero: row r of a level lives in slot
+    r % 2; zeros stand for the padding above row 0 and left/right of the row. Columns are
+    outside the slots so that a kernel window of a few columns is one strided (B, K)
+    matrix (see _pixel_window): no gather copy per step."""
+    return like.new_zeros(batch, width, _RING_ROWS, channels)
+
+
+def _pixel_window(ring: torch.Tensor, col: int, kw: int) -> torch.Tensor:
+    """Padded columns col .. col+kw-1, both slots: (B, Wp, 2, C) -> (B, kw * 2 * C) view."""
+    return ring[:, col : col + kw].view(ring.shape[0], -1)
+
+
+def _slot_row(ring: torch.Tensor, slot: int, width: int) -> torch.Tensor:
+    """Unpadded row (columns 1..width) of a slot: (B, width, C) view."""
+    return ring[:, 1 : width + 1, slot, :]
+
+
+def _put_concat_elu(dst: torch.Tensor, x: torch.Tensor) -> None:
+    """dst[..., :] = concat_elu(x) along the last dim; dst may be a strided view (..., 2F)."""
+    f = x.shape[-1]
+    dst[..., :f] = x
+    torch.neg(x, out=dst[..., f:])
+    F.elu(dst, inplace=True)
+
+
+class _LevelCache:
+    """The caches of one resolution level (level l: H_l x W_l, F filters, R blocks, n_l
+    down-pass blocks). All rings hold concat_elu'd values unless named raw.
+
+    u_up[k], k = 0..R      (B, W+2, 2, 2F)  up-pass u nodes (k = 0: level input)
+    u_up_c1[k], k < R      (B, W+2, 2, 2F)  hidden layer of up u block k
+    ul_up[k], ul_up_c1[k]  (B, W+1, 2, 2F)  same for ul
+    u_dn[d], d = 0..n_l    (B, W+2, 2, 2F)  down-pass u nodes (d = 0: level input)
+    u_dn_c1[d], d < n_l    (B, W+2, 2, 2F)
+    ul_dn[d], d < n_l      (B, W+1, 2, 2F)  down-pass ul nodes (the last is not cached)
+    ul_dn_c1[d], d < n_l   (B, W+1, 2, 2F)
+    u_last_raw, ul_last_raw (B, W+2 | W+1, 2, F)  last up node, raw: stride-2 conv input
+    u_out_raw   (B, W, F)  last down u node of the latest row: transposed-conv input
+    ul_out_raw  (B, W, F)  last down ul node, latest value of each column: same
+    """
+
+    def __init__(
+        self, batch: int, width: int, filters: int, r: int, n_dn: int, like: torch.Tensor
+    ) -> None:
+        f2 = 2 * filters
+        wu, wul = width + 2, width + 1  # u: padded left and right; ul: left only
+        self.width = width
+        self.u_up = [_new_ring(batch, wu, f2, like) for _ in range(r + 1)]
+        self.u_up_c1 = [_new_ring(batch, wu, f2, like) for _ in range(r)]
+        self.ul_up = [_new_ring(batch, wul, f2, like) for _ in range(r + 1)]
+        self.ul_up_c1 = [_new_ring(batch, wul, f2, like) for _ in range(r)]
+        self.u_dn = [_new_ring(batch, wu, f2, like) for _ in range(n_dn + 1)]
+        self.u_dn_c1 = [_new_ring(batch, wu, f2, like) for _ in range(n_dn)]
+        self.ul_dn = [_new_ring(batch, wul, f2, like) for _ in range(n_dn)]
+        self.ul_dn_c1 = [_new_ring(batch, wul, f2, like) for _ in range(n_dn)]
+        self.u_last_raw = _new_ring(batch, wu, filters, like)
+        self.ul_last_raw = _new_ring(batch, wul, filters, like)
+        self.u_out_raw = like.new_zeros(batch, width, filters)
+        self.ul_out_raw = like.new_zeros(batch, width, filters)
+
+
+class PixelCNNppStepper(Stepper):
+    """Raster-order stepper with per-layer caches (Fast PixelCNN++): a step costs about one
+    pixel's worth of network, plus one row's worth of the u stream at the start of a row.
+
+    Schedule and causality. Write (p, q) for positions at level l (p = y >> l, q = x >> l).
+    From the kernels (every conv has height 2: the row above and the current row):
+      - u(p, .) at any level depends only on image rows < 2^l p, and on the u nodes of rows
+        p-1, p of the same level; so at level l the whole row p of every u node (up and down
+        pass) is computable at step (2^l p, 0), when image row 2^l p - 1 is complete. It is
+        computed there, once per row: the stride-2 conv of level l reads rows 2p-1, 2p of
+        level l-1, computed at steps (2^l p - 2^(l-1), 0) and (2^l p, 0); the transposed
+        conv into row p reads row p // 2 of level l+1, computed at step (2^(l+1) (p//2), 0),
+        not later than (2^l p, 0).
+      - ul(p, q) at level l depends on image pixels before (2^l p, 2^l q) in raster order, on
+        ul nodes at (p-1, q-1..q) and (p, q-1..q), on u at (p, q), and through the stride-2
+        conv on level l-1 at rows 2p-1..2p, columns 2q-1..2q, the latest of which, (2p, 2q),
+        is computed at the same step. So ul(p, q) is computed at step (2^l p, 2^l q): at
+        every step for level 0, when y and x are even for level 1, when both are multiples
+        of 4 for level 2. The transposed conv into (p, q) reads level l+1 at (p//2, q//2),
+        computed at step (2^(l+1) (p//2), 2^(l+1) (q//2)), not later than (2^l p, 2^l q).
+      - The parameters at (y, x) are read from the level-0 ul stream at (y, x).
+    Within a step: the up pass bottom-up (levels 0, 1, 2), then the down pass top-down.
+
+    Caches. Every conv sees only the current and the previous row of its level, so each
+    node has a two-row ring (row r in slot r % 2); windows whose current row sits in slot 0
+    are read bottom-up and use row-flipped weights (the ``flip`` argument). The transposed
+    convs read a one-row buffer (u) or the latest value per column (ul). Dropout is off:
+    the stepper computes the eval-mode function. Effective (weight-normalised) weights are
+    computed once here: rebuild the stepper after changing the weights.
+    """
+
+    def __init__(self, model: PixelCNNpp, batch: int, height: int, width: int) -> None:
+        super().__init__(model, batch, height, width)
+        if batch < 1 or height < 1 or width < 1:
+            raise UnsupportedImageError(f"empty stepper: batch {batch}, {height}x{width}")
+        cfg = model.config
+        self.batch, self.height, self.width = batch, height, width
+        self.filters, self.nr_resnet = cfg.nr_filters, cfg.nr_resnet
+        self.sizes = level_sizes(height, width)
+        like = next(model.parameters()).detach().float()
+        with torch.no_grad():
+            self.w_u_init = model.u_init.step_weights()
+            self.w_ul_top = model.ul_init_top.step_weights()
+            self.w_ul_left = model.ul_init_left.step_weights()
+            self.w_up_u = [[m.step_weights() for m in lv] for lv in model.up_u]
+            self.w_up_ul = [[m.step_weights() for m in lv] for lv in model.up_ul]
+            self.w_down_u = [m.step_weights() for m in model.down_u]
+            self.w_down_ul = [m.step_weights() for m in model.down_ul]
+            self.w_dn_u = [[m.step_weights() for m in lv] for lv in model.dn_u]
+            self.w_dn_ul = [[m.step_weights() for m in lv] for lv in model.dn_ul]
+            self.w_deconv_u = [m.step_weights() for m in model.deconv_u]
+            self.w_deconv_ul = [m.step_weights() for m in model.deconv_ul]
+            self.w_out = model.out.step_weights()
+        self.levels = [
+            _LevelCache(batch, w, self.filters, self.nr_resnet, model.down_blocks(lv), like)
+            for lv, (_, w) in enumerate(self.sizes)
+        ]
+        # The coarsest level's down pass starts from its last up node: share the ring.
+        top = self.levels[-1]
+        top.u_dn[0] = top.u_up[-1]
+        if top.ul_dn:
+            top.ul_dn[0] = top.ul_up[-1]
+        # Image ring (B, W+2, 2, C+1): scaled pixels plus the constant ones channel.
+        c = model.channels
+        # Slot 0 (row 0) has its constant channel from the start; slot 1 is the zero padding
+        # above row 0 until row 1 arrives (see _image_rows).
+        self.x_ring = _new_ring(batch, width + 2, c + 1, like)
+        self.x_ring[:, 1 : width + 1, 0, c] = 1.0
+        # ul at level 0 from the row above (1x3 conv), per row; with the 2x1 conv's bias
+        # folded in for the columns where that conv contributes.
+        self.ul_top = like.new_zeros(batch, width, self.filters)
+        self.ul_top_b = like.new_zeros(batch, width, self.filters)
+        self._next = 0  # raster index of the next position params_at accepts
+
+    # -- the step ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def params_at(self, y: int, x: int) -> torch.Tensor:
+        """(B, P) float32 parameters at (y, x). Positions must come in raster order."""
+        if y * self.width + x != self._next or not (0 <= x < self.width and y < self.height):
+            raise RuntimeError(
+                f"PixelCNN++ stepper: params_at({y}, {x}) out of raster order "
+                f"(expected index {self._next})"
+            )
+        self._next += 1
+        if x == 0:
+            self._row_start(y)
+        ul = self._ul_level0(y, x)
+        for lv in range(1, NUM_LEVELS):
+            step = 1 << lv
+            if y % step or x % step:
+                break
+            ul_lv = self._ul_up(lv, y >> lv, x >> lv, self._ul_downsample(lv, y >> lv, x >> lv))
+            if lv == NUM_LEVELS - 1:
+                self._ul_down(lv, y >> lv, x >> lv, ul_lv)
+        # Down pass at the finer levels, coarse to fine, where this step computes them.
+        for lv in reversed(range(NUM_LEVELS - 1)):
+            step = 1 << lv
+            if y % step or x % step:
+                continue
+            p, q = y >> lv, x >> lv
+            sw = self.w_deconv_ul[lv]
+            above = self.levels[lv + 1].ul_out_raw[:, q >> 1, :]
+            ul = self.model.deconv_ul[lv].step_pixel(sw, above, p & 1, q & 1)
+            ul = self._ul_down(lv, p, q, ul)
+        return Nin.step(self.w_out, F.elu(ul))
+
+    # -- u stream: whole rows ----------------------------------------------------------
+
+    def _row_start(self, y: int) -> None:
+        """Compute row y >> l of every u node at every level l where it starts now."""
+        levels = [lv for lv in range(NUM_LEVELS) if y % (1 << lv) == 0]
+        last = {}
+        for lv in levels:
+            last[lv] = self._u_up(lv, y >> lv)
+        for lv in reversed(levels):
+            p = y >> lv
+            if lv == NUM_LEVELS - 1:
+                u = last[lv]
+            else:
+                src = self.levels[lv + 1].u_out_raw
+                u = self.model.deconv_u[lv].step_row(
+                    self.w_deconv_u[lv], src, p & 1, self.sizes[lv][1]
+                )
+                self._put_row(self.levels[lv].u_dn[0], p & 1, u)
+            self._u_down(lv, p, u)
+
+    def _u_up(self, lv: int, p: int) -> torch.Tensor:
+        """Up-pass u rows p at level lv; returns the last node's raw row (B*W, F)."""
+        cache, s = self.levels[lv], p & 1
+        if lv == 0:
+            u = self._image_rows(p)
+        else:
+            # Rows 2p-1, 2p of the level below sit in slots 1, 0: read bottom-up.
+            below = self.levels[lv - 1].u_last_raw
+            u = ShiftedConv2d.step_row(self.w_down_u[lv - 1], below, True)
+        self._put_row(cache.u_up[0], s, u)
+        for k, sw in enumerate(self.w_up_u[lv]):
+            u = self._gated_row(sw, u, cache.u_up[k], cache.u_up_c1[k], s, [])
+            self._put_row(cache.u_up[k + 1], s, u)
+        if lv < NUM_LEVELS - 1:
+            _slot_row(cache.u_last_raw, s, cache.width).copy_(u.view(self.batch, -1, self.filters))
+        return u
+
+    def _u_down(self, lv: int, p: int, u: torch.Tensor) -> None:
+        """Down-pass u rows p at level lv from the level's input row u (B*W, F) raw."""
+        cache, s = self.levels[lv], p & 1
+        n = len(self.w_dn_u[lv])
+        for d, sw in enumerate(self.w_dn_u[lv]):
+            skip = _slot_row(cache.u_up[n - 1 - d], s, cache.width).reshape(-1, 2 * self.filters)
+            u = self._gated_row(sw, u, cache.u_dn[d], cache.u_dn_c1[d], s, [skip])
+            self._put_row(cache.u_dn[d + 1], s, u)
+        if lv > 0:
+            cache.u_out_raw.copy_(u.view(self.batch, cache.width, self.filters))
+
+    def _image_rows(self, y: int) -> torch.Tensor:
+        """Level-0 inputs at the start of row y: the image row y - 1 enters the image ring;
+        returns u[0] row y (B*W, F) and sets the row-above part of ul[0] row y."""
+        c, s_prev = self.model.channels, (y - 1) & 1
+        if y == 0:  # both are down-shifted: zeros (not biases) in row 0
+            u = self.ul_top.new_zeros(self.batch * self.width, self.filters)
+            self.ul_top.zero_()
+        else:
+            row = scale_pixels(self.canvas[:, :, y - 1, :]).permute(0, 2, 1)  # (B, W, C)
+            self.x_ring[:, 1 : self.width + 1, s_prev, :c] = row
+            # Rows y-2, y-1: the current one (y-1) is in slot 0 when y-1 is even.
+            u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, s_prev == 0)
+            one_row = self.x_ring[:, :, s_prev : s_prev + 1]
+            top = ShiftedConv2d.step_row(self.w_ul_top, one_row, False)
+            self.ul_top.copy_(top.view(self.batch, self.width, self.filters))
+        if y == 1:
+            # Slot 1 stood for the zero padding above row 0 until now; from here on it
+            # holds image rows, whose constant channel is one.
+            self.x_ring[:, 1 : self.width + 1, 1, c] = 1.0
+        # The 2x1 conv (right-shifted: zero in column 0) contributes its bias from column 1.
+        torch.add(self.ul_top, self.w_ul_left.bias, out=self.ul_top_b)
+        return u
+
+    def _put_row(self, ring: torch.Tensor, s: int, u: torch.Tensor) -> None:
+        """concat_elu of a raw row u (B*W, F) into slot s of a ring."""
+        w = ring.shape[1] - 2
+        _put_concat_elu(_slot_row(ring, s, w), u.view(self.batch, w, self.filters))
+
+    def _gated_row(
+        self,
+        sw: GatedStep,
+        u: torch.Tensor,
+        ring_in: torch.Tensor,
+        ring_c1: torch.Tensor,
+        s: int,
+        aux: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """One gated block over row slot s: u (B*W, F) raw input, its concat_elu in ring_in;
+        the hidden layer goes to ring_c1. Returns the raw output row (B*W, F)."""
+        flip = s == 0
+        c1 = GatedResnet.step_hidden_row(sw, ring_in, aux, flip)
+        w = ring_c1.shape[1] - 2
+        _slot_row(ring_c1, s, w).copy_(c1.view(self.batch, w, -1))
+        return GatedResnet.step_out_row(sw, u, ring_c1, flip)
+
+    # -- ul stream: one position per level ---------------------------------------------
+
+    def _ul_level0(self, y: int, x: int) -> torch.Tensor:
+        """Up pass of ul at level 0, position (y, x); returns the last node (B, F) raw."""
+        s = y & 1
+        if x == 0:
+            ul = self.ul_top[:, 0, :]
+        else:
+            c = self.model.channels
+            self.x_ring[:, x, s, :c] = scale_pixels(self.canvas[:, :, y, x - 1])
+            # The 2x1 conv at column x-1 (padded column x), rows y-1, y.
+            ul = ShiftedConv2d.step_plus(
+                self.w_ul_left, self.ul_top_b[:, x, :], _pixel_window(self.x_ring, x, 1), s == 0
+            )
+        return self._ul_up(0, y, x, ul)
+
+    def _ul_downsample(self, lv: int, p: int, q: int) -> torch.Tensor:
+        """The stride-2 conv into level lv at (p, q): (B, F) raw."""
+        below = self.levels[lv - 1].ul_last_raw
+        # Rows 2p-1, 2p in slots 1, 0 (bottom-up); columns 2q-1, 2q are padded 2q, 2q+1.
+        return ShiftedConv2d.step(self.w_down_ul[lv - 1], _pixel_window(below, 2 * q, 2), True)
+
+    def _ul_up(self, lv: int, p: int, q: int, ul: torch.Tensor) -> torch.Tensor:
+        """Up-pass ul blocks at level lv, (p, q), from the level's input ul (B, F) raw."""
+        cache, s = self.levels[lv], p & 1
+        _put_concat_elu(cache.ul_up[0][:, q + 1, s], ul)
+        for k, sw in enumerate(self.w_up_ul[lv]):
+            aux = [cache.u_up[k + 1][:, q + 1, s]]
+            ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], s, q, aux)
+            _put_concat_elu(cache.ul_up[k + 1][:, q + 1, s], ul)
+        if lv < NUM_LEVELS - 1:
+            cache.ul_last_raw[:, q + 1, s] = ul
+        return ul
+
+    def _ul_down(self, lv: int, p: int, q: int, ul: torch.Tensor) -> torch.Tensor:
+        """Down-pass ul blocks at level lv, (p, q), from the level's input ul (B, F) raw;
+        returns the last node (B, F) raw and keeps it for the finer level."""
+        cache, s = self.levels[lv], p & 1
+        n = len(self.w_dn_ul[lv])
+        if lv < NUM_LEVELS - 1 and n:
+            _put_concat_elu(cache.ul_dn[0][:, q + 1, s], ul)
+        for d, sw in enumerate(self.w_dn_ul[lv]):
+            aux = [cache.u_dn[d + 1][:, q + 1, s], cache.ul_up[n - 1 - d][:, q + 1, s]]
+            ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], s, q, aux)
+            if d + 1 < n:
+                _put_concat_elu(cache.ul_dn[d + 1][:, q + 1, s], ul)
+        if lv > 0:
+            cache.ul_out_raw[:, q, :] = ul
+        return ul
+
+    def _gated_pixel(
+        self,
+        sw: GatedStep,
+        ul: torch.Tensor,
+        ring_in: torch.Tensor,
+        ring_c1: torch.Tensor,
+        s: int,
+        q: int,
+        aux: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """One gated block at column q, slot s: ul (B, F) raw input, its concat_elu already in
+        ring_in; the hidden layer goes to ring_c1. Returns the raw output (B, F)."""
+        flip = s == 0
+        hidden = ring_c1[:, q + 1, s]
+        GatedResnet.step_hidden(sw, _pixel_window(ring_in, q, 2), aux, flip, out=hidden)
+        return GatedResnet.step_out(sw, ul, _pixel_window(ring_c1, q, 2), flip)
