@@ -63,7 +63,7 @@ def _model_for(model: str | Path | LoadedModel | None, channels: int) -> LoadedM
 def model_tile(lm: LoadedModel, tile: int | tuple[int, int] | None = None) -> tuple[int, int]:
     """The tile size to code with: the model's fixed tile, else ``tile``, else the size the
     model was trained/evaluated for (its info), else DEFAULT_TILE."""
-    fixed = type(lm.model).fixed_tile
+    fixed = lm.model.fixed_tile
     if tile is not None:
         th, tw = (tile, tile) if isinstance(tile, int) else tile
         if fixed is not None and (th, tw) != tuple(fixed):
@@ -354,7 +354,7 @@ def sample(
     factory = _tqdm_factory if progress is True else (progress or None)
     lm = load_model(model)
     h, w = size if size is not None else model_tile(lm)
-    fixed = type(lm.model).fixed_tile
+    fixed = lm.model.fixed_tile
     if fixed is not None and (h, w) != tuple(fixed):
         raise UnsupportedImageError(f"model {lm.name!r} samples {fixed[0]}x{fixed[1]} images only")
     dev = resolve_device(device)

@@ -30,7 +30,7 @@ def build_model(family: str, config: dict) -> LikelihoodModel:
     cls = model_class(family)
     try:
         cfg = cls.Config(**config)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelFileError(f"bad config for model family {family!r}: {e}") from None
     return cls(cfg)
 
