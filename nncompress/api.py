@@ -49,8 +49,10 @@ def load_model(name_or_path: str | Path | LoadedModel) -> LoadedModel:
     return _zoo_load(name_or_path)
 
 
-def _model_for(model: str | Path | LoadedModel | None, channels: int) -> LoadedModel:
-    lm = load_model(model if model is not None else default_model_name(channels))
+def _model_for(
+    model: str | Path | LoadedModel | None, channels: int, device_type: str = "cuda"
+) -> LoadedModel:
+    lm = load_model(model if model is not None else default_model_name(channels, device_type))
     if lm.model.channels != channels:
         kind = "greyscale" if channels == 1 else "colour"
         raise UnsupportedImageError(
@@ -130,7 +132,7 @@ def compress_detailed(
     # One schedule per model: images of other channel counts use other default models.
     by_model: dict[bytes, tuple[LoadedModel, list[int]]] = {}
     for i, pic in enumerate(pictures):
-        lm = _model_for(model, pic.channels)
+        lm = _model_for(model, pic.channels, dev.type)
         by_model.setdefault(lm.digest, (lm, []))[1].append(i)
     for lm, idx in by_model.values():
         for i, res in zip(idx, _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)):
@@ -317,7 +319,7 @@ def score_detailed(
     results = []
     for im in images:
         pic = to_picture(im)
-        lm = _model_for(model, pic.channels)
+        lm = _model_for(model, pic.channels, dev.type)
         th, tw = model_tile(lm, tile)
         grid = TileGrid(pic.height, pic.width, th, tw)
         net = lm.model.to(dev).eval()

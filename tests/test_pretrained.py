@@ -1,0 +1,87 @@
+"""End-to-end with the shipped models in pretrained/: real weights, small crops (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import MNIST, VAL_DIR
+from PIL import Image
+
+from nncompress import api, container
+from nncompress.cli import main
+
+pytestmark = pytest.mark.pretrained
+SHIPPED = {"histogram-photo", "histogram-mnist", "made-mnist", "pixelcnnpp-photo",
+           "pixelcnnpp-photo-small"}
+needs_photos = pytest.mark.skipif(not VAL_DIR.is_dir(), reason="shared photos not present")
+
+
+def val_crop(w: int, h: int, index: int = 0) -> Image.Image:
+    photo = Image.open(sorted(VAL_DIR.glob("*.webp"))[index]).convert("RGB")
+    left, top = photo.width // 2 - w // 2, photo.height // 2 - h // 2
+    return photo.crop((left, top, left + w, top + h))
+
+
+def test_models_lists_every_shipped_model_without_errors():
+    rows = json.loads(CliRunner().invoke(main, ["models", "--json"]).output)
+    by_name = {r["name"]: r for r in rows}
+    assert SHIPPED <= set(by_name)
+    for name in SHIPPED:
+        assert "error" not in by_name[name], by_name[name]
+        assert len(by_name[name]["digest"]) == 64
+
+
+@needs_photos
+def test_cli_round_trip_with_the_default_cpu_photo_model(tmp_path):
+    src = tmp_path / "crop.png"
+    val_crop(37, 21).save(src)
+    r = CliRunner().invoke(main, ["encode", str(src), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    header, _ = container.unpack((tmp_path / "crop.nnc").read_bytes())
+    assert header.model_name == "pixelcnnpp-photo-small" and header.device == "cpu"
+    r = CliRunner().invoke(main, ["decode", str(tmp_path / "crop.nnc"), "-o", str(tmp_path / "d.png")])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png")), np.asarray(Image.open(src)))
+
+
+@needs_photos
+def test_small_photo_model_payload_tracks_its_nll():
+    im = val_crop(64, 64, index=3)  # 12,288 subpixels, 4 tiles
+    res = api.compress_detailed([im], "pixelcnnpp-photo-small", "cpu")[0]
+    nll = api.score([im], "pixelcnnpp-photo-small", "cpu")[0]
+    payload = container.unpack(res.data)[1]
+    # cached stepper vs parallel pass: same probabilities to float tolerance
+    assert abs(res.model_bits_per_subpixel / nll - 1) < 1e-3
+    assert 8 * len(payload) / res.subpixels / nll - 1 < 0.01
+    assert nll < 6.0  # a trained model, far below 8 bits of a uniform guess
+    out = api.decompress(res.data, device="cpu")
+    assert np.array_equal(np.asarray(out), np.asarray(im))
+
+
+@needs_photos
+def test_gpu_photo_model_round_trips_on_cpu_too():
+    im = val_crop(11, 9, index=5)
+    data = api.compress(im, "pixelcnnpp-photo", "cpu")
+    assert np.array_equal(np.asarray(api.decompress(data, device="cpu")), np.asarray(im))
+
+
+@needs_photos
+def test_histogram_photo_round_trip():
+    im = val_crop(50, 30, index=7)
+    data = api.compress(im, "histogram-photo", "cpu")
+    assert np.array_equal(np.asarray(api.decompress(data)), np.asarray(im))
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason="shared MNIST not present")
+def test_made_mnist_round_trips_held_out_digits_and_beats_histogram():
+    digits = np.load(MNIST)["images"][4998:5000]
+    ims = [Image.fromarray(d, "L") for d in digits]
+    made = api.compress_detailed(ims, "made-mnist", "cpu")
+    hist = api.compress_detailed(ims, "histogram-mnist", "cpu")
+    assert sum(r.info_bits for r in made) < sum(r.info_bits for r in hist)
+    out = api.decompress_many([r.data for r in made], device="cpu")
+    for a, b in zip(out, ims):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
