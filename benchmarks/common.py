@@ -14,6 +14,7 @@ import io
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -497,3 +498,16 @@ def nnc_file_info(blob: bytes) -> dict[str, Any]:
     except Exception:
         return {}
     return {"model_name": header.model_name, "payload_bytes": len(payload)}
+
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def exit_status(failures: Sequence[str]) -> int:
+    """Print the failures (lossless or library errors) to stderr; the script's exit code."""
+    if not failures:
+        return EXIT_OK
+    print(f"\n{len(failures)} FAILURE(S):", file=sys.stderr)
+    for f in failures:
+        print(f"  {f}", file=sys.stderr)
+    return EXIT_FAILURE

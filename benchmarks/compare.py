@@ -30,7 +30,6 @@ from benchmarks.common import BITS_PER_BYTE, BenchmarkError, Codec, Sample
 QUICK_IMAGES = 3
 QUICK_CROP = 48  # pixels, square: small enough that every codec runs in milliseconds
 WARMUP_CROP = 8  # pixels: the nncompress warm-up image (device init, lazy loading)
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 NNC_PREFIX = "nnc:"
 LABEL_OFFSET = (4, 3)  # points: scatter labels beside their dot, not on it
 BAR_XLIM_MARGIN = 1.15  # room for the value labels right of the longest bar
@@ -374,7 +373,7 @@ def _compare(args: argparse.Namespace, registry: dict[str, Codec] | None) -> int
         samples = load_samples(args.folder, args.quick)
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return common.EXIT_USAGE
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,12 +436,7 @@ def _compare(args: argparse.Namespace, registry: dict[str, Codec] | None) -> int
     print(table)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}", end="")
     print(", " + ", ".join(str(out / f) for f in plots.get("files", [])))
-    if failures:
-        print(f"\n{len(failures)} FAILURE(S):", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+    return common.exit_status(failures)
 
 
 if __name__ == "__main__":

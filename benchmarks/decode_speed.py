@@ -41,7 +41,6 @@ PHOTO_SIZE = (768, 512)  # width, height
 WARMUP_CROP = 16  # pixels: warm-up image (device init, lazy loading, allocator)
 DEFAULT_REPEATS = 3
 DEFAULT_BUDGET_S = 60.0  # stop repeating a measurement once it has used this much time
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class LosslessError(Exception):
@@ -312,13 +311,13 @@ def _decode_speed(args: argparse.Namespace) -> int:
     api, reason = common.import_api()
     if api is None:
         print(f"error: {reason}", file=sys.stderr)
-        return EXIT_USAGE
+        return common.EXIT_USAGE
     try:
         sample, how = photo_sample(args)
         folder = [common.load_sample(p) for p in common.list_images(args.all)] if args.all else []
     except BenchmarkError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return common.EXIT_USAGE
     print(f"photo: {how}", file=sys.stderr)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     device = common.resolve_device_name(args.device)
@@ -355,12 +354,7 @@ def _decode_speed(args: argparse.Namespace) -> int:
     (out / "decode_speed.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "decode_speed.md").write_text(f"photo: {how}\n\n{text}\n")
     print(f"photo: {how}\n\n{text}\n\nwrote {out / 'decode_speed.json'}")
-    if failures:
-        print(f"\n{len(failures)} FAILURE(S):", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+    return common.exit_status(failures)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,9 @@ def compress_detailed(
         lm = _model_for(model, pic.channels, dev.type)
         by_model.setdefault(lm.digest, (lm, []))[1].append(i)
     for lm, idx in by_model.values():
-        for i, res in zip(idx, _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)):
+        for i, res in zip(
+            idx, _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)
+        ):
             results[i] = res
     return [r for r in results if r is not None]
 
@@ -158,7 +160,11 @@ def _encode_group(
     model = lm.model.to(dev).eval()
     with coding_context(dev, threads):
         run_schedule(
-            model, jobs, schedule, th, tw,
+            model,
+            jobs,
+            schedule,
+            th,
+            tw,
             _progress_for(progress, _steps(schedule, jobs, (th, tw)), "encode"),
         )
     out = []
@@ -245,8 +251,17 @@ def decompress_many(
     out: list[Image.Image | None] = [None] * len(parsed)
     groups: dict[tuple, list[int]] = {}
     for i, (h, _) in enumerate(parsed):
-        key = (h.model_digest, h.group, h.tile_h, h.tile_w, h.batch_slots, h.total_slots,
-               h.device, h.dtype, h.cpu_threads)
+        key = (
+            h.model_digest,
+            h.group,
+            h.tile_h,
+            h.tile_w,
+            h.batch_slots,
+            h.total_slots,
+            h.device,
+            h.dtype,
+            h.cpu_threads,
+        )
         groups.setdefault(key, []).append(i)
     for idx in groups.values():
         h0 = parsed[idx[0]][0]
@@ -260,7 +275,11 @@ def decompress_many(
         model_ = lm.model.to(dev).eval()
         with coding_context(dev, h0.cpu_threads or 1):
             run_schedule(
-                model_, jobs, schedule, h0.tile_h, h0.tile_w,
+                model_,
+                jobs,
+                schedule,
+                h0.tile_h,
+                h0.tile_w,
                 _progress_for(factory, _steps(schedule, jobs, (h0.tile_h, h0.tile_w)), "decode"),
             )
         for i, job in zip(idx, jobs):

@@ -134,23 +134,38 @@ def main() -> None:
 
 
 _model_option = click.option(
-    "--model", "-m", default=None, metavar="NAME|PATH",
+    "--model",
+    "-m",
+    default=None,
+    metavar="NAME|PATH",
     help="Model name (see `nncompress models`) or model file; default: by image mode.",
 )
 _device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
     help="Where the model runs. Files must be decoded on the kind of device that encoded them.",
 )
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IN...")
-@click.option("-o", "--output", default=None, metavar="OUT",
-              help="Output file (one input; - for stdout) or existing folder (several).")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="OUT",
+    help="Output file (one input; - for stdout) or existing folder (several).",
+)
 @_model_option
 @_device_option
-@click.option("--tile", type=click.IntRange(1, 4096), default=None,
-              help="Tile size in pixels (default: the model's).")
+@click.option(
+    "--tile",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Tile size in pixels (default: the model's).",
+)
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @_progress_option
@@ -186,7 +201,8 @@ def encode(inputs, output, model, device, tile, force, quiet, progress) -> None:
         if not quiet:
             png = _png_size(im)
             click.echo(
-                f"{src} -> {dst}: {len(res.data):,} bytes, {res.bits_per_subpixel:.3f} bits/subpixel "
+                f"{src} -> {dst}: {len(res.data):,} bytes, "
+                f"{res.bits_per_subpixel:.3f} bits/subpixel "
                 f"(model {res.model_bits_per_subpixel:.3f}), {len(res.data) / png:.3f}x PNG",
                 err=dst == STDIO,
             )
@@ -200,10 +216,20 @@ def _png_size(image) -> int:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IN...")
-@click.option("-o", "--output", default=None, metavar="OUT",
-              help="Output PNG (one input; - for stdout) or existing folder (several).")
-@click.option("--model", "-m", default=None, metavar="NAME|PATH",
-              help="Model to decode with (default: the one named in the file).")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="OUT",
+    help="Output PNG (one input; - for stdout) or existing folder (several).",
+)
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    metavar="NAME|PATH",
+    help="Model to decode with (default: the one named in the file).",
+)
 @_device_option
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
@@ -300,10 +326,19 @@ def models(as_json) -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="IN...")
 @_model_option
 @_device_option
-@click.option("--tile", type=click.IntRange(1, 4096), default=None,
-              help="Tile size (default: the model's; the coder's tiles, so scores predict sizes).")
-@click.option("--heatmap", type=click.Path(dir_okay=False), default=None, metavar="OUT.png",
-              help="Write a map of bits per pixel (one input) or a folder of maps (several).")
+@click.option(
+    "--tile",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Tile size (default: the model's; the coder's tiles, so scores predict sizes).",
+)
+@click.option(
+    "--heatmap",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="OUT.png",
+    help="Write a map of bits per pixel (one input) or a folder of maps (several).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of lines.")
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing heatmaps.")
 @_handle_errors
@@ -350,8 +385,14 @@ def _heatmap_png(bits) -> bytes:
 
 @main.command()
 @click.option("--model", "-m", required=True, metavar="NAME|PATH", help="Model to sample from.")
-@click.option("-n", "count", type=click.IntRange(1, 1024), default=16, show_default=True,
-              help="Number of images.")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
+    help="Number of images.",
+)
 @click.option("-o", "--output", required=True, metavar="GRID.png", help="Output PNG grid.")
 @click.option("--size", default=None, metavar="HxW", help="Image size (default: the model's tile).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")

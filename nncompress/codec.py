@@ -66,13 +66,17 @@ class TileGrid:
         mode = "edge" if padding == "edge" else "constant"
         full = np.pad(planes, ((0, 0), (0, ph), (0, pw)), mode=mode)
         t = full.reshape(c, self.rows, self.tile_h, self.cols, self.tile_w)
-        return np.ascontiguousarray(t.transpose(1, 3, 0, 2, 4).reshape(-1, c, self.tile_h, self.tile_w))
+        return np.ascontiguousarray(
+            t.transpose(1, 3, 0, 2, 4).reshape(-1, c, self.tile_h, self.tile_w)
+        )
 
     def join(self, tiles: np.ndarray) -> np.ndarray:
         """(count, C, tile_h, tile_w) -> (C, H, W), dropping padding."""
         c = tiles.shape[1]
         t = tiles.reshape(self.rows, self.cols, c, self.tile_h, self.tile_w)
-        full = t.transpose(2, 0, 3, 1, 4).reshape(c, self.rows * self.tile_h, self.cols * self.tile_w)
+        full = t.transpose(2, 0, 3, 1, 4).reshape(
+            c, self.rows * self.tile_h, self.cols * self.tile_w
+        )
         return np.ascontiguousarray(full[:, : self.height, : self.width])
 
 

@@ -52,7 +52,12 @@ def tiny_pixelcnn(channels: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     m = build_model(
         "pixelcnnpp",
-        {"channels": channels, "nr_resnet": 1, "nr_filters": 8, "nr_logistic_mix": 2,
-         "dropout": 0.0},
+        {
+            "channels": channels,
+            "nr_resnet": 1,
+            "nr_filters": 8,
+            "nr_logistic_mix": 2,
+            "dropout": 0.0,
+        },
     )
     return m.eval()

@@ -76,7 +76,9 @@ def test_stdin_to_stdout(tmp_path, model_dir):
     assert data[:4] == b"\x89NNC"
     r = CliRunner().invoke(main, ["decode", "-", "-q"], input=data)
     assert r.exit_code == 0
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.stdout_bytes))), np.asarray(random_image("L", 9, 9)))
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(r.stdout_bytes))), np.asarray(random_image("L", 9, 9))
+    )
 
 
 def test_nothing_is_overwritten_without_force(tmp_path, model_dir):
@@ -102,7 +104,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, model_dir):
     Image.new("CMYK", (4, 4)).save(cmyk)
     one_line_error(run("encode", str(cmyk), "-m", "hist-rgb"), "unsupported image mode 'CMYK'")
     one_line_error(run("encode", str(png(tmp_path / "g.png", "L")), "-m", "hist-rgb"), "3-channel")
-    one_line_error(run("encode", str(png(tmp_path / "h.png")), "-m", "nope"), "unknown model 'nope'")
+    one_line_error(
+        run("encode", str(png(tmp_path / "h.png")), "-m", "nope"), "unknown model 'nope'"
+    )
 
 
 def test_truncated_file_and_wrong_model(tmp_path, model_dir):
@@ -137,7 +141,10 @@ def test_info_and_models(tmp_path, model_dir):
     assert json.loads(r.output)[0]["width"] == 21
     r = run("models")
     assert r.exit_code == 0 and "hist-rgb" in r.output and "histogram" in r.output
-    assert {m["name"] for m in json.loads(run("models", "--json").output)} >= {"hist-rgb", "hist-grey"}
+    assert {m["name"] for m in json.loads(run("models", "--json").output)} >= {
+        "hist-rgb",
+        "hist-grey",
+    }
 
 
 def test_score_json_and_heatmap(tmp_path, model_dir):
@@ -152,7 +159,9 @@ def test_score_json_and_heatmap(tmp_path, model_dir):
 
 def test_sample_writes_a_grid(tmp_path, model_dir):
     out = tmp_path / "grid.png"
-    r = run("sample", "-m", "hist-grey", "-n", "4", "-o", str(out), "--size", "5x6", "--device", "cpu")
+    r = run(
+        "sample", "-m", "hist-grey", "-n", "4", "-o", str(out), "--size", "5x6", "--device", "cpu"
+    )
     assert r.exit_code == 0, r.output
     assert Image.open(out).size == (12, 10)
     one_line_error(run("sample", "-m", "hist-grey", "-o", str(out)), "exists")

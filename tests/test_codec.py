@@ -19,7 +19,9 @@ def as_loaded(model, name="test") -> LoadedModel:
     return LoadedModel(name=name, digest=digest, model=model, info={"tile": [8, 8]})
 
 
-@pytest.mark.parametrize("h,w,t", [(1, 1, 4), (1, 9, 4), (9, 1, 4), (7, 5, 3), (8, 8, 4), (5, 13, 16)])
+@pytest.mark.parametrize(
+    "h,w,t", [(1, 1, 4), (1, 9, 4), (9, 1, 4), (7, 5, 3), (8, 8, 4), (5, 13, 16)]
+)
 def test_tile_grid_split_join_round_trip(h, w, t):
     rng = np.random.default_rng(h * 100 + w)
     planes = rng.integers(0, 256, size=(3, h, w), dtype=np.uint8)

@@ -14,8 +14,13 @@ from nncompress import api, container
 from nncompress.cli import main
 
 pytestmark = pytest.mark.pretrained
-SHIPPED = {"histogram-photo", "histogram-mnist", "made-mnist", "pixelcnnpp-photo",
-           "pixelcnnpp-photo-small"}
+SHIPPED = {
+    "histogram-photo",
+    "histogram-mnist",
+    "made-mnist",
+    "pixelcnnpp-photo",
+    "pixelcnnpp-photo-small",
+}
 needs_photos = pytest.mark.skipif(not VAL_DIR.is_dir(), reason="shared photos not present")
 
 
@@ -42,7 +47,9 @@ def test_cli_round_trip_with_the_default_cpu_photo_model(tmp_path):
     assert r.exit_code == 0, r.output
     header, _ = container.unpack((tmp_path / "crop.nnc").read_bytes())
     assert header.model_name == "pixelcnnpp-photo-small" and header.device == "cpu"
-    r = CliRunner().invoke(main, ["decode", str(tmp_path / "crop.nnc"), "-o", str(tmp_path / "d.png")])
+    r = CliRunner().invoke(
+        main, ["decode", str(tmp_path / "crop.nnc"), "-o", str(tmp_path / "d.png")]
+    )
     assert r.exit_code == 0, r.output
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png")), np.asarray(Image.open(src)))
 

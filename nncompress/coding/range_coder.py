@@ -33,7 +33,9 @@ class Encoder:
         """symbols: (N,) ints in [0, 256); probs: (N, 256) rows summing to ~1."""
         if len(symbols) == 0:
             return
-        self._coder.encode(np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, _check_probs(probs))
+        self._coder.encode(
+            np.ascontiguousarray(symbols, dtype=np.int32), _MODEL, _check_probs(probs)
+        )
         self.num_symbols += len(symbols)
 
     def num_bits(self) -> int:
