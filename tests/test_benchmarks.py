@@ -126,7 +126,7 @@ def test_a_codec_that_corrupts_pixels_fails_loudly(
         png, name="broken", label="Broken PNG", decode=make_decode(png.decode)
     )
     rc, results, _ = _run(tmp_path, registry={"png": png, "broken": broken})
-    assert rc == compare.EXIT_FAILURE
+    assert rc == common.EXIT_FAILURE
     rows = _rows(results)
     assert rows["png"]["status"] == "ok" and rows["png"]["lossless"] is True
     assert rows["broken"]["status"] == "failed" and rows["broken"]["lossless"] is False
@@ -244,7 +244,7 @@ def test_compare_catches_a_model_path_that_corrupts_pixels(
     out = tmp_path / "out"
     argv = [str(images), "--quick", "--codecs", "none", "--models", str(histogram_file)]
     argv += ["--out", str(out), "--device", "cpu", *ONE_THREAD]
-    assert compare.main(argv) == compare.EXIT_FAILURE
+    assert compare.main(argv) == common.EXIT_FAILURE
     row = json.loads((out / "results.json").read_text())["codecs"][0]
     assert row["lossless"] is False
     assert [r["lossless"] for r in row["per_image"]] == [True, False]
