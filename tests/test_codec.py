@@ -93,3 +93,14 @@ def test_payload_within_one_percent_of_model_nll_on_a_photo():
     payload = container.unpack(res.data)[1]
     assert 8 * len(payload) / res.subpixels / nll - 1 < 0.01  # range coder overhead < 1 %
     assert np.array_equal(np.asarray(api.decompress(res.data, lm, "cpu")), np.asarray(photo))
+
+
+@pytest.mark.parametrize("mode,coded", [("RGBA", "RGBA"), ("LA", "LA"), ("P", "RGB"), ("1", "L")])
+def test_round_trip_of_converted_and_alpha_modes(mode, coded):
+    base = random_image("RGB", 23, 11, seed=5)
+    im = base.quantize(32) if mode == "P" else base.convert(mode)
+    lm = as_loaded(fitted_histogram(1 if coded in ("L", "LA") else 3))
+    out = api.decompress(api.compress(im, lm, "cpu"), lm, "cpu")
+    assert out.mode == coded
+    want = im.convert(coded) if mode in ("P", "1") else im
+    assert np.array_equal(np.asarray(out), np.asarray(want))
