@@ -165,3 +165,19 @@ def test_sample_writes_a_grid(tmp_path, model_dir):
     assert r.exit_code == 0, r.output
     assert Image.open(out).size == (12, 10)
     one_line_error(run("sample", "-m", "hist-grey", "-o", str(out)), "exists")
+
+
+def test_file_encoded_on_another_device_kind_is_refused(tmp_path, model_dir):
+    """A file from a CUDA encoder must not be decoded on CPU (float results differ)."""
+    import dataclasses
+
+    from nncompress import container
+
+    src = png(tmp_path / "a.png")
+    run("encode", str(src), "-m", "hist-rgb", "--device", "cpu")
+    header, payload = container.unpack((tmp_path / "a.nnc").read_bytes())
+    cuda = dataclasses.replace(header, device="cuda", cpu_threads=0)
+    (tmp_path / "g.nnc").write_bytes(container.pack(cuda, payload))
+    r = run("decode", str(tmp_path / "g.nnc"), "-o", str(tmp_path / "o.png"), "--device", "cpu")
+    one_line_error(r, "encoded on cuda")
+    assert not (tmp_path / "o.png").exists()
