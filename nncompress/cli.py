@@ -308,18 +308,32 @@ def models(as_json) -> None:
     if not rows:
         click.echo(f"no models installed (set {MODEL_DIR_ENV} or see pretrained/)")
         return
-    click.echo(f"{'name':<24} {'family':<11} {'digest':<14} {'bits/subpixel':>13}  data")
+    click.echo(f"{'name':<24} {'family':<11} {'digest':<14} {'bits/subpixel':>13}  measured on")
     for r in rows:
         if "error" in r:
             click.echo(f"{r['name']:<24} error: {r['error']}")
             continue
-        info_ = r["info"]
-        bpd = info_.get("val_bits_per_subpixel", info_.get("val_bpd"))
-        bpd_s = f"{bpd:.3f}" if isinstance(bpd, (int, float)) else "-"
+        bits, where = _reported_bits(r["info"])
+        bits_s = f"{bits:.3f}" if bits is not None else "-"
         click.echo(
-            f"{r['name']:<24} {r['family']:<11} {r['digest'][:12]:<14} {bpd_s:>13}  "
-            f"{info_.get('val_data', info_.get('data', ''))}"
+            f"{r['name']:<24} {r['family']:<11} {r['digest'][:12]:<14} {bits_s:>13}  {where}"
         )
+
+
+# Keys under which model files report held-out bits/subpixel, and what they were measured on.
+_BITS_KEYS = (
+    "val_bits_per_subpixel",
+    "val_bpd",
+    "heldout_bits_per_subpixel",
+    "heldout_bits_per_dim",
+)
+_WHERE_KEYS = ("eval_data", "val_data", "split")
+
+
+def _reported_bits(info: dict[str, Any]) -> tuple[float | None, str]:
+    bits = next((info[k] for k in _BITS_KEYS if isinstance(info.get(k), (int, float))), None)
+    where = next((str(info[k]) for k in _WHERE_KEYS if info.get(k)), "")
+    return bits, where
 
 
 @main.command()
