@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +131,11 @@ def compress_detailed(
     results: list[EncodeResult | None] = [None] * len(pictures)
     # One schedule per model: images of other channel counts use other default models.
     by_model: dict[bytes, tuple[LoadedModel, list[int]]] = {}
+    models: dict[int, LoadedModel] = {}  # by channels: load (and hash) each file once
     for i, pic in enumerate(pictures):
-        lm = _model_for(model, pic.channels, dev.type)
+        if pic.channels not in models:
+            models[pic.channels] = _model_for(model, pic.channels, dev.type)
+        lm = models[pic.channels]
         by_model.setdefault(lm.digest, (lm, []))[1].append(i)
     for lm, idx in by_model.values():
         for i, res in zip(
@@ -324,7 +327,35 @@ class ScoreResult:
     bits_map: np.ndarray  # (H, W) float32: bits of each pixel, channels summed
 
 
-@torch.no_grad()
+def iter_scores(
+    images: Iterable[Image.Image],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    tile: int | tuple[int, int] | None = None,
+    max_batch: int = 64,
+) -> Iterator[ScoreResult]:
+    """One parallel pass per image over the same tiles the coder would use (so the number
+    predicts the coded size), in chunks of ``max_batch`` tiles; results as images come."""
+    dev = resolve_device(device)
+    models: dict[int, LoadedModel] = {}  # by channels: load (and hash) each file once
+    for im in images:
+        pic = to_picture(im)
+        if pic.channels not in models:
+            models[pic.channels] = _model_for(model, pic.channels, dev.type)
+        lm = models[pic.channels]
+        th, tw = model_tile(lm, tile)
+        grid = TileGrid(pic.height, pic.width, th, tw)
+        net = lm.model.to(dev).eval()
+        tiles = torch.from_numpy(grid.split(pic.planes, net.padding))
+        bits = []
+        with torch.no_grad():
+            for s in range(0, len(tiles), max_batch):
+                lp = net.log_prob(tiles[s : s + max_batch].to(dev))  # (b, C, th, tw) nats
+                bits.append((-lp.sum(1) / math.log(2)).float().cpu())
+        bmap = grid.join(torch.cat(bits).unsqueeze(1).numpy())[0]
+        yield ScoreResult(float(bmap.sum() / pic.subpixels), bmap)
+
+
 def score_detailed(
     images: Sequence[Image.Image],
     model: str | Path | LoadedModel | None = None,
@@ -332,24 +363,8 @@ def score_detailed(
     tile: int | tuple[int, int] | None = None,
     max_batch: int = 64,
 ) -> list[ScoreResult]:
-    """One parallel pass per image over the same tiles the coder would use (so the number
-    predicts the coded size), in chunks of ``max_batch`` tiles."""
-    dev = resolve_device(device)
-    results = []
-    for im in images:
-        pic = to_picture(im)
-        lm = _model_for(model, pic.channels, dev.type)
-        th, tw = model_tile(lm, tile)
-        grid = TileGrid(pic.height, pic.width, th, tw)
-        net = lm.model.to(dev).eval()
-        tiles = torch.from_numpy(grid.split(pic.planes, net.padding))
-        bits = []
-        for s in range(0, len(tiles), max_batch):
-            lp = net.log_prob(tiles[s : s + max_batch].to(dev))  # (b, C, th, tw) nats
-            bits.append((-lp.sum(1) / math.log(2)).float().cpu())
-        bmap = grid.join(torch.cat(bits).unsqueeze(1).numpy())[0]
-        results.append(ScoreResult(float(bmap.sum() / pic.subpixels), bmap))
-    return results
+    """``iter_scores`` as a list."""
+    return list(iter_scores(images, model, device, tile, max_batch))
 
 
 def score(

@@ -361,14 +361,15 @@ def score(inputs, model, device, tile, heatmap, as_json, force) -> None:
     from . import api
     from .images import open_image
 
-    lm = api.load_model(model) if model else None
+    def opened():
+        for src in inputs:
+            try:
+                yield open_image(_read_input(src))
+            except NncError as e:
+                raise _Fail(f"{src}: {e}") from None
+
     rows = []
-    for src in inputs:
-        try:
-            im = open_image(_read_input(src))
-        except NncError as e:
-            raise _Fail(f"{src}: {e}") from None
-        res = api.score_detailed([im], lm, device, tile)[0]
+    for src, res in zip(inputs, api.iter_scores(opened(), model, device, tile)):
         rows.append({"path": src, "bits_per_subpixel": res.bits_per_subpixel})
         if heatmap:
             dst = heatmap if len(inputs) == 1 else str(Path(heatmap) / (Path(src).stem + ".png"))
