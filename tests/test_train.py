@@ -461,6 +461,69 @@ def test_export_in_float16_is_what_val_measured(
     assert evaluate_bpd(lm.model, tiles, batch=16) == pytest.approx(res.val_bpd, abs=1e-6)
 
 
+def test_init_starts_from_a_model_file_and_records_it(
+    tmp_path: Path, photo_dir: Path, tiny_family: str
+) -> None:
+    first = train(tiny_config(tmp_path, photo_dir, steps=30), log=quiet)
+    base = load_model_file(tmp_path / "m.safetensors")
+    # Zero steps from --init exports the same weights: the run really starts from them.
+    out0 = tmp_path / "same.safetensors"
+    train(
+        tiny_config(
+            tmp_path,
+            photo_dir,
+            steps=0,
+            out=str(out0),
+            init=str(base.path),
+            model_config=None,
+            log_path=None,
+        ),
+        log=quiet,
+    )
+    same = load_model_file(out0)
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, same.model.state_dict()[k]), k
+    assert same.info["init_from"]["digest"] == base.digest.hex()
+    assert same.info["init_from"]["steps"] == first.steps == 30
+    # More steps move on from there (another dropout fits the same tensors).
+    cfg = dict(init=str(base.path), log_path=None, steps=10, lr=1e-3, warmup=0)
+    more = train(
+        tiny_config(
+            tmp_path,
+            photo_dir,
+            out=str(tmp_path / "more.safetensors"),
+            model_config={"channels": 3, "hidden": 8, "dropout": 0.1},
+            **cfg,
+        ),
+        log=quiet,
+    )
+    assert more.steps == 10 and more.val_bpd < first.val_bpd + 0.05
+    assert load_model_file(tmp_path / "more.safetensors").model.config_dict()["dropout"] == 0.1
+    with pytest.raises(TrainError, match="does not fit the model options"):
+        train(
+            tiny_config(
+                tmp_path,
+                photo_dir,
+                out=str(tmp_path / "bad.safetensors"),
+                model_config={"channels": 3, "hidden": 4, "dropout": 0.0},
+                **cfg,
+            ),
+            log=quiet,
+        )
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    with pytest.raises(TrainError, match="--init"):
+        train(
+            tiny_config(
+                tmp_path,
+                photo_dir,
+                out=str(tmp_path / "b.safetensors"),
+                model_config=None,
+                **{**cfg, "init": str(tmp_path / "broken.safetensors")},
+            ),
+            log=quiet,
+        )
+
+
 def test_time_budget_stops_and_outputs_are_not_overwritten(
     tmp_path: Path, photo_dir: Path, tiny_family: str
 ) -> None:

@@ -284,6 +284,15 @@ def _model_config(
     "model is used); give DATA, --val and the budget again.",
 )
 @click.option(
+    "--init",
+    "init",
+    default=None,
+    metavar="MODEL",
+    help="Start from the weights of a model file or pretrained name (fine-tuning, or more "
+    "training for a model file): a fresh optimizer and schedule. Model options may be left "
+    "out (the file's model is used) or must fit its weights (e.g. another --dropout).",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -385,6 +394,7 @@ def train(
     ckpt_lite,
     no_ckpt,
     resume,
+    init,
     seed,
     device,
     compile_,
@@ -419,8 +429,18 @@ def train(
         dropout,
         int(channels) if channels else None,
         config_json,
-        resume is not None,
+        resume is not None or init is not None,
     )
+    if resume and init:
+        raise click.UsageError("give --resume or --init, not both")
+    if init is not None and not Path(init).is_file():
+        from ..zoo import available_models
+
+        if init not in available_models():
+            raise click.BadParameter(
+                "neither a model file nor an installed model name", param_hint="--init"
+            )
+        init = str(available_models()[init])
     out_path = Path(out)
     log_file = log_path or str(_beside(out_path, LOG_SUFFIX))
     if plot_path and Path(plot_path).exists() and not force:
@@ -452,6 +472,7 @@ def train(
         ckpt_keep=ckpt_keep or None,
         ckpt_lite=ckpt_lite,
         resume=resume,
+        init=init,
         seed=seed,
         device=device,
         compile=compile_,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError, NncError
-from ..modelfile import save_model
+from ..modelfile import load_model_file, save_model
 from ..models import LikelihoodModel, build_model
 from .data import (
     LN2,
@@ -107,6 +107,7 @@ class TrainConfig:
     ckpt_keep: int | None = 2  # full checkpoints kept; None: all
     ckpt_lite: bool = False  # also write small EMA-only checkpoints in <= 15 MiB parts
     resume: str | None = None  # checkpoint file, or a folder (its latest checkpoint)
+    init: str | None = None  # model file whose weights start a new run (fine-tuning)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
     compile: bool = False  # torch.compile the training forward/backward
@@ -378,6 +379,7 @@ class _Run:
         _check_settings(cfg)
         self._check_outputs()
         self.ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
+        self.init_from: dict[str, Any] | None = None  # set when starting from --init
         torch.manual_seed(cfg.seed)
         self.family, self.model = self._build_model()
         self.model_config = self.model.config_dict()
@@ -471,6 +473,8 @@ class _Run:
         """The model to train: from the config, or the checkpoint's when resuming (then a
         config given too must describe the same model)."""
         cfg, ck = self.cfg, self.ckpt
+        if ck is None and cfg.init is not None:
+            return self._init_model()
         if ck is None:
             if cfg.model_config is None:
                 raise TrainError("no model configuration given")
@@ -485,6 +489,36 @@ class _Run:
                     "options out when resuming)"
                 )
         return ck["family"], model
+
+    def _init_model(self) -> tuple[str, LikelihoodModel]:
+        """A new run that starts from a model file's weights: its config, or the one given
+        (which must have the same tensors, e.g. another dropout rate)."""
+        cfg = self.cfg
+        try:
+            loaded = load_model_file(cfg.init)
+        except ModelFileError as e:
+            raise TrainError(f"--init: {e}") from None
+        family, state = loaded.family, loaded.model.state_dict()
+        self.init_from = {
+            "file": Path(cfg.init).name,
+            "digest": loaded.digest.hex(),
+            "steps": loaded.info.get("steps"),
+            "train_minutes": loaded.info.get("train_minutes"),
+            "val_bpd": loaded.info.get("val_bpd"),
+        }
+        if cfg.model_config is None:
+            return family, loaded.model.train().to(self.device)
+        model = build_model(cfg.family, dict(cfg.model_config))
+        try:
+            if cfg.family != family:
+                raise RuntimeError(f"it is a {family} model")
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as e:
+            raise TrainError(
+                f"--init {cfg.init} does not fit the model options given ({e}); "
+                "leave them out to fine-tune the file's own model"
+            ) from None
+        return family, model.to(self.device)
 
     def _sizes(self) -> tuple[int, int]:
         cfg = self.cfg
@@ -526,6 +560,7 @@ class _Run:
                 self.warmup_origin = int(ck["step"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainError(f"{ck['path']}: does not fit this model ({e})") from None
+        self.init_from = ck.get("init_from")
         self.step = int(ck["step"])
         self.elapsed0 = float(ck["elapsed_s"])
         self.curve = list(ck.get("curve") or [])
@@ -734,6 +769,7 @@ class _Run:
             "interval": {"sums": self.acc.cpu(), "steps": self.acc_steps},
             "grad_norm_avg": self.norm_avg.cpu(),
             "rng": rng,
+            "init_from": self.init_from,
         }
 
     def _checkpoint(self, clock: float) -> None:
@@ -815,6 +851,8 @@ class _Run:
             "precision": "bf16 autocast" if self.autocast is not None else "fp32",
             "torch": torch.__version__,
         }
+        if self.init_from is not None:
+            info["init_from"] = self.init_from
         digest = None
         if self.d.main and cfg.out:
             out = Path(cfg.out)
