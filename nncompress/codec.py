@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from .coding import Decoder, Encoder
-from .models.base import LikelihoodModel, Stepper
+from .distributions.base import Distribution
+from .models.base import LikelihoodModel, Stepper, StepRunner
+from .runtime import step_runner
 
 ProgressFn = Callable[[int], None]  # called with the number of steps just done
 
@@ -180,6 +182,30 @@ def run_schedule(
             _run_batch(model, members, start, n, tile_h, tile_w, progress)
 
 
+class ChannelPmfs:
+    """The coder's tables of one step, channel by channel, through the stepper's runner:
+    parameters and the values decoded so far sit in fixed buffers, so the same kernels
+    serve every step (as CUDA graphs on CUDA)."""
+
+    def __init__(
+        self, dist: Distribution, runner: StepRunner, n: int, channels: int, device: torch.device
+    ) -> None:
+        self.dist, self.runner = dist, runner
+        self.params = torch.zeros(n, dist.num_params, device=device)
+        self.prev = torch.zeros(n, channels, dtype=torch.int64, device=device)
+
+    def set_params(self, params: torch.Tensor) -> None:
+        self.params.copy_(params)
+
+    def __call__(self, c: int, values: np.ndarray) -> np.ndarray:
+        """(n, 256) probabilities of channel c given values[:, :c] (host, int64)."""
+        if c:
+            self.prev[:, :c].copy_(torch.from_numpy(values[:, :c]))
+        prev = self.prev[:, :c]
+        pmf = self.runner(("pmf", c), lambda: self.dist.channel_pmf(self.params, c, prev))
+        return pmf.cpu().numpy()
+
+
 def _run_batch(
     model: LikelihoodModel,
     members: list[TileJob],
@@ -190,8 +216,9 @@ def _run_batch(
     progress: ProgressFn | None,
 ) -> None:
     stepper: Stepper = model.stepper(n, tile_h, tile_w)
-    dist = stepper.distribution
     device = stepper.canvas.device
+    stepper.runner = runner = step_runner(device)
+    pmfs = ChannelPmfs(stepper.distribution, runner, n, model.channels, device)
     channels = model.channels
     # Per slot of this batch: valid extent (0 for filler slots), owner and tile index.
     vh = np.zeros(n, dtype=np.int64)
@@ -215,10 +242,9 @@ def _run_batch(
             values = mirror[slots, :, sy, sx]  # (n, C): padding; valid rows get overwritten
         else:
             values = np.zeros((n, channels), dtype=np.int64)
-        params = stepper.params_at(y, x)  # (n, P) on device
+        pmfs.set_params(stepper.params_at(y, x))  # (n, P) on device
         for c in range(channels):
-            prev = torch.from_numpy(values[:, :c]).to(device)
-            probs = dist.channel_pmf(params, c, prev).cpu().numpy()  # (n, 256) float32
+            probs = pmfs(c, values)  # (n, 256) float32
             for job, lo, hi, t0 in spans:
                 sel = np.flatnonzero(valid[lo:hi])
                 if len(sel):

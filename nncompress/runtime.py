@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
 from .errors import DeviceMismatchError
+from .models.base import StepRunner, run_now
 
 DEVICE_KINDS = ("cpu", "cuda")
 # cuBLAS needs a fixed workspace to be deterministic; must be set before its first use.
@@ -71,3 +72,46 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = saved[3]
         torch.backends.cudnn.benchmark = saved[4]
         torch.backends.cudnn.deterministic = saved[5]
+
+
+class GraphRunner:
+    """A stepper's ``runner`` on CUDA: the first call with a key runs ``fn`` once (lazy
+    initialisation happens outside a capture), captures it as a CUDA graph and replays it;
+    later calls with the key only replay. A decode step is hundreds of small kernels, so
+    launching them one by one from Python costs far more than running them.
+
+    ``fn`` must be idempotent (it overwrites whatever it writes, from what earlier steps
+    wrote), read and write only tensors that stay alive and in place, and take positions
+    from such tensors: a replay repeats exactly the captured kernels on the same addresses.
+    The encoder and the decoder make the same calls in the same order, so they capture and
+    replay the same graphs. All graphs share one memory pool; they run one after another.
+    """
+
+    def __init__(self) -> None:
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream()
+        self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def __call__(self, key: Hashable, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        hit = self.graphs.get(key)
+        if hit is None:
+            graph = torch.cuda.CUDAGraph()
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                fn()  # warm-up: cuBLAS handles and workspaces are set up outside the capture
+                graph.capture_begin(pool=self.pool)
+                try:
+                    out = fn()
+                finally:
+                    graph.capture_end()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            hit = self.graphs[key] = (graph, out)
+        hit[0].replay()
+        return hit[1]
+
+
+def step_runner(device: torch.device) -> StepRunner:
+    """The runner for steppers on ``device``: CUDA graphs on CUDA, plain calls elsewhere."""
+    if device.type == "cuda":
+        return GraphRunner()
+    return run_now

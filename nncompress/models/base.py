@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..distributions.base import Distribution
+
+#: runner(key, fn) -> fn(): how a stepper runs its position-independent work (see Stepper).
+StepRunner = Callable[[Hashable, Callable[[], torch.Tensor]], torch.Tensor]
 
 
 class Stepper(abc.ABC):
@@ -24,12 +28,20 @@ class Stepper(abc.ABC):
     pixel position in ``order()``: ``params_at(y, x)`` -> (B, P) distribution parameters
     for that pixel, which may only depend on canvas values earlier in the order; then
     ``write(y, x, values)`` with the (B, C) values decoded there.
+
+    ``runner`` runs the part of a step that does not depend on the position except through
+    a small key: ``runner(key, fn)`` returns ``fn()``. The default calls it; on CUDA the
+    codec installs one that captures ``fn`` once per key as a CUDA graph and replays it
+    (see runtime.GraphRunner). A stepper that hands work to the runner must keep every
+    tensor ``fn`` reads or writes alive and in place for its lifetime, and feed positions
+    to ``fn`` through such tensors (filled before the call), never through Python values.
     """
 
     def __init__(self, model: LikelihoodModel, batch: int, height: int, width: int) -> None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         self.model = model
+        self.runner: StepRunner = run_now
         self.canvas = torch.zeros(
             batch, model.channels, height, width, dtype=torch.uint8, device=device
         )
@@ -54,6 +66,11 @@ class Stepper(abc.ABC):
     def write(self, y: int, x: int, values: torch.Tensor) -> None:
         """values: (B, C) integer in [0, 255], the pixel values at (y, x)."""
         self.canvas[:, :, y, x] = values.to(self.canvas.dtype)
+
+
+def run_now(key: Hashable, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The default step runner: just run ``fn``."""
+    return fn()
 
 
 class NaiveStepper(Stepper):

@@ -31,6 +31,9 @@ INIT_STD = 0.05
 GATE_INIT_SCALE = 0.1
 # Every convolution of the stepper's rings has kernel height 2 (row above + current row).
 _RING_ROWS = 2
+# The pixel step's index buffer: 7 entries per level (see _fill_index), 3 for the image.
+_INDEX_PER_LEVEL = 7
+_INDEX_LEN = NUM_LEVELS * _INDEX_PER_LEVEL + 3
 
 
 def concat_elu(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -51,7 +54,7 @@ def _right_shift(x: torch.Tensor) -> torch.Tensor:
 
 def _window_matrix(weight: torch.Tensor, flip_rows: bool) -> torch.Tensor:
     """Conv weight (Cout, Cin, kh, kw) -> (kw*kh*Cin, Cout) for windows laid out (N, kw, kh,
-    Cin) and flattened (see _pixel_window); ``flip_rows`` for rows stored bottom-up."""
+    Cin) and flattened (see _window_at); ``flip_rows`` for rows stored bottom-up."""
     if flip_rows:
         weight = weight.flip(2)
     cout = weight.shape[0]
@@ -483,19 +486,38 @@ class PixelCNNpp(LikelihoodModel):
 def _new_ring(batch: int, width: int, channels: int, like: torch.Tensor) -> torch.Tensor:
     """A two-row ring buffer (B, width, 2, channels), zero: row r of a level lives in slot
     r % 2; zeros stand for the padding above row 0 and left/right of the row. Columns are
-    outside the slots so that a kernel window of a few columns is one strided (B, K)
-    matrix (see _pixel_window): no gather copy per step."""
+    outside the slots so that a kernel window of a few columns is one contiguous block of
+    each batch item (see _window_at)."""
     return like.new_zeros(batch, width, _RING_ROWS, channels)
 
 
-def _pixel_window(ring: torch.Tensor, col: int, kw: int) -> torch.Tensor:
-    """Padded columns col .. col+kw-1, both slots: (B, Wp, 2, C) -> (B, kw * 2 * C) view."""
-    return ring[:, col : col + kw].view(ring.shape[0], -1)
+def _window_at(ring: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Padded columns ``cols`` (a 1-D index tensor), both slots: (B, Wp, 2, C) ->
+    (B, len(cols) * 2 * C), laid out as _pixel_window's."""
+    b, wp = ring.shape[:2]
+    return ring.view(b, wp, -1).index_select(1, cols).view(b, -1)
+
+
+def _cell(ring: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """One (column, slot) cell of a ring, ``at`` = [2 * column + slot]: (B, C)."""
+    b, c = ring.shape[0], ring.shape[-1]
+    return ring.view(b, -1, c).index_select(1, at).view(b, c)
+
+
+def _put_cell(ring: torch.Tensor, at: torch.Tensor, value: torch.Tensor) -> None:
+    """Write value (B, C) into the cell ``at`` = [2 * column + slot] of a ring."""
+    b, c = ring.shape[0], ring.shape[-1]
+    ring.view(b, -1, c).index_copy_(1, at, value.view(b, 1, c))
 
 
 def _slot_row(ring: torch.Tensor, slot: int, width: int) -> torch.Tensor:
     """Unpadded row (columns 1..width) of a slot: (B, width, C) view."""
     return ring[:, 1 : width + 1, slot, :]
+
+
+def _concat_elu_rows(x: torch.Tensor) -> torch.Tensor:
+    """concat_elu along the last dim: (N, F) -> (N, 2F)."""
+    return F.elu(torch.cat([x, -x], dim=-1))
 
 
 def _put_concat_elu(dst: torch.Tensor, x: torch.Tensor) -> None:
@@ -614,13 +636,25 @@ class PixelCNNppStepper(Stepper):
         # folded in for the columns where that conv contributes.
         self.ul_top = like.new_zeros(batch, width, self.filters)
         self.ul_top_b = like.new_zeros(batch, width, self.filters)
+        # The pixel left of the current one, scaled, with the constant channel (always one
+        # in rows the pixel steps write).
+        self.pix_in = like.new_ones(batch, c + 1)
+        self.out = like.new_zeros(batch, model.distribution.num_params)
+        # Where the pixel step reads and writes (see _fill_index): a device tensor filled
+        # from a host buffer before every step, so the step itself depends on the position
+        # only through its key (and can be replayed as a CUDA graph).
+        pin = like.device.type == "cuda"
+        self.index_host = torch.zeros(_INDEX_LEN, dtype=torch.int64, pin_memory=pin)
+        self.index = torch.zeros(_INDEX_LEN, dtype=torch.int64, device=like.device)
+        self._index_copied = torch.cuda.Event() if pin else None
         self._next = 0  # raster index of the next position params_at accepts
 
     # -- the step ----------------------------------------------------------------------
 
     @torch.no_grad()
     def params_at(self, y: int, x: int) -> torch.Tensor:
-        """(B, P) float32 parameters at (y, x). Positions must come in raster order."""
+        """(B, P) float32 parameters at (y, x). Positions must come in raster order. The
+        returned tensor is the stepper's own buffer, overwritten by the next step."""
         if y * self.width + x != self._next or not (0 <= x < self.width and y < self.height):
             raise RuntimeError(
                 f"PixelCNN++ stepper: params_at({y}, {x}) out of raster order "
@@ -629,25 +663,60 @@ class PixelCNNppStepper(Stepper):
         self._next += 1
         if x == 0:
             self._row_start(y)
-        ul = self._ul_level0(y, x)
+        self._fill_index(y, x)
+        key = (y % 8, x == 0, x % 4)
+        return self.runner(key, lambda: self._pixel_step(*key))
+
+    def _fill_index(self, y: int, x: int) -> None:
+        """The positions the pixel step (y, x) reads and writes, into ``index``."""
+        if self._index_copied is not None:
+            self._index_copied.synchronize()  # the host buffer's last copy has been read
+        h = self.index_host.numpy()
+        for lv in range(NUM_LEVELS):
+            q, s = x >> lv, (y >> lv) & 1
+            o = lv * _INDEX_PER_LEVEL
+            # window columns (padded q-1+1, q+1), cell (q+1, s), stride-2 window from the
+            # level below (padded 2q, 2q+1), ul_out_raw column q and q // 2 one level up.
+            h[o : o + _INDEX_PER_LEVEL] = (q, q + 1, 2 * (q + 1) + s, 2 * q, 2 * q + 1, q, q >> 1)
+        o = NUM_LEVELS * _INDEX_PER_LEVEL
+        # image ring column x (padded: the pixel left of x), its cell in slot y % 2, and
+        # the canvas position of that pixel (flattened; unused at x = 0).
+        h[o : o + 3] = (x, 2 * x + (y & 1), max(y * self.width + x - 1, 0))
+        self.index.copy_(self.index_host, non_blocking=True)
+        if self._index_copied is not None:
+            self._index_copied.record()
+
+    def _level_index(self, lv: int) -> torch.Tensor:
+        o = lv * _INDEX_PER_LEVEL
+        return self.index[o : o + _INDEX_PER_LEVEL]
+
+    def _pixel_step(self, y8: int, first: bool, x4: int) -> torch.Tensor:
+        """The ul stream at one position, from its key: y % 8 (ring slots, which levels
+        run, transposed-conv parities), x == 0 and x % 4; the columns come from ``index``.
+        Writes and returns ``out``."""
+        ul = self._ul_level0(y8 & 1, first)
         for lv in range(1, NUM_LEVELS):
             step = 1 << lv
-            if y % step or x % step:
+            if y8 % step or x4 % step:
                 break
-            ul_lv = self._ul_up(lv, y >> lv, x >> lv, self._ul_downsample(lv, y >> lv, x >> lv))
+            s = (y8 >> lv) & 1
+            ul_lv = self._ul_up(lv, s, self._ul_downsample(lv))
             if lv == NUM_LEVELS - 1:
-                self._ul_down(lv, y >> lv, x >> lv, ul_lv)
+                self._ul_down(lv, s, ul_lv)
         # Down pass at the finer levels, coarse to fine, where this step computes them.
         for lv in reversed(range(NUM_LEVELS - 1)):
             step = 1 << lv
-            if y % step or x % step:
+            if y8 % step or x4 % step:
                 continue
-            p, q = y >> lv, x >> lv
-            sw = self.w_deconv_ul[lv]
-            above = self.levels[lv + 1].ul_out_raw[:, q >> 1, :]
-            ul = self.model.deconv_ul[lv].step_pixel(sw, above, p & 1, q & 1)
-            ul = self._ul_down(lv, p, q, ul)
-        return Nin.step(self.w_out, F.elu(ul))
+            p1, q1 = (y8 >> lv) & 1, (x4 >> lv) & 1
+            above = (
+                self.levels[lv + 1]
+                .ul_out_raw.index_select(1, self._level_index(lv)[6:7])
+                .view(self.batch, self.filters)
+            )
+            ul = self.model.deconv_ul[lv].step_pixel(self.w_deconv_ul[lv], above, p1, q1)
+            ul = self._ul_down(lv, p1, ul)
+        return torch.addmm(self.w_out.bias, F.elu(ul), self.w_out.mat, out=self.out)
 
     # -- u stream: whole rows ----------------------------------------------------------
 
@@ -744,52 +813,58 @@ class PixelCNNppStepper(Stepper):
 
     # -- ul stream: one position per level ---------------------------------------------
 
-    def _ul_level0(self, y: int, x: int) -> torch.Tensor:
-        """Up pass of ul at level 0, position (y, x); returns the last node (B, F) raw."""
-        s = y & 1
-        if x == 0:
+    def _ul_level0(self, s: int, first: bool) -> torch.Tensor:
+        """Up pass of ul at level 0 in ring slot s; returns the last node (B, F) raw."""
+        if first:
             ul = self.ul_top[:, 0, :]
         else:
-            c = self.model.channels
-            self.x_ring[:, x, s, :c] = scale_pixels(self.canvas[:, :, y, x - 1])
+            c, o = self.model.channels, NUM_LEVELS * _INDEX_PER_LEVEL
+            col, cell, at = self.index[o : o + 1], self.index[o + 1 : o + 2], self.index[o + 2 :]
+            pixel = self.canvas.view(self.batch, c, -1).index_select(2, at).view(self.batch, c)
+            self.pix_in[:, :c] = scale_pixels(pixel)
+            _put_cell(self.x_ring, cell, self.pix_in)
             # The 2x1 conv at column x-1 (padded column x), rows y-1, y.
-            ul = ShiftedConv2d.step_plus(
-                self.w_ul_left, self.ul_top_b[:, x, :], _pixel_window(self.x_ring, x, 1), s == 0
-            )
-        return self._ul_up(0, y, x, ul)
+            top = self.ul_top_b.index_select(1, col).view(self.batch, self.filters)
+            ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _window_at(self.x_ring, col), s == 0)
+        return self._ul_up(0, s, ul)
 
-    def _ul_downsample(self, lv: int, p: int, q: int) -> torch.Tensor:
-        """The stride-2 conv into level lv at (p, q): (B, F) raw."""
+    def _ul_downsample(self, lv: int) -> torch.Tensor:
+        """The stride-2 conv into level lv at the current position: (B, F) raw."""
         below = self.levels[lv - 1].ul_last_raw
         # Rows 2p-1, 2p in slots 1, 0 (bottom-up); columns 2q-1, 2q are padded 2q, 2q+1.
-        return ShiftedConv2d.step(self.w_down_ul[lv - 1], _pixel_window(below, 2 * q, 2), True)
+        cols = self._level_index(lv)[3:5]
+        return ShiftedConv2d.step(self.w_down_ul[lv - 1], _window_at(below, cols), True)
 
-    def _ul_up(self, lv: int, p: int, q: int, ul: torch.Tensor) -> torch.Tensor:
-        """Up-pass ul blocks at level lv, (p, q), from the level's input ul (B, F) raw."""
-        cache, s = self.levels[lv], p & 1
-        _put_concat_elu(cache.ul_up[0][:, q + 1, s], ul)
+    def _ul_up(self, lv: int, s: int, ul: torch.Tensor) -> torch.Tensor:
+        """Up-pass ul blocks at level lv, current position, ring slot s, from the level's
+        input ul (B, F) raw."""
+        cache, ix = self.levels[lv], self._level_index(lv)
+        cols, cell = ix[0:2], ix[2:3]
+        _put_cell(cache.ul_up[0], cell, _concat_elu_rows(ul))
         for k, sw in enumerate(self.w_up_ul[lv]):
-            aux = [cache.u_up[k + 1][:, q + 1, s]]
-            ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], s, q, aux)
-            _put_concat_elu(cache.ul_up[k + 1][:, q + 1, s], ul)
+            aux = [_cell(cache.u_up[k + 1], cell)]
+            ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], s, cols, cell, aux)
+            _put_cell(cache.ul_up[k + 1], cell, _concat_elu_rows(ul))
         if lv < NUM_LEVELS - 1:
-            cache.ul_last_raw[:, q + 1, s] = ul
+            _put_cell(cache.ul_last_raw, cell, ul)
         return ul
 
-    def _ul_down(self, lv: int, p: int, q: int, ul: torch.Tensor) -> torch.Tensor:
-        """Down-pass ul blocks at level lv, (p, q), from the level's input ul (B, F) raw;
-        returns the last node (B, F) raw and keeps it for the finer level."""
-        cache, s = self.levels[lv], p & 1
+    def _ul_down(self, lv: int, s: int, ul: torch.Tensor) -> torch.Tensor:
+        """Down-pass ul blocks at level lv, current position, ring slot s, from the level's
+        input ul (B, F) raw; returns the last node (B, F) raw and keeps it for the finer
+        level."""
+        cache, ix = self.levels[lv], self._level_index(lv)
+        cols, cell = ix[0:2], ix[2:3]
         n = len(self.w_dn_ul[lv])
         if lv < NUM_LEVELS - 1 and n:
-            _put_concat_elu(cache.ul_dn[0][:, q + 1, s], ul)
+            _put_cell(cache.ul_dn[0], cell, _concat_elu_rows(ul))
         for d, sw in enumerate(self.w_dn_ul[lv]):
-            aux = [cache.u_dn[d + 1][:, q + 1, s], cache.ul_up[n - 1 - d][:, q + 1, s]]
-            ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], s, q, aux)
+            aux = [_cell(cache.u_dn[d + 1], cell), _cell(cache.ul_up[n - 1 - d], cell)]
+            ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], s, cols, cell, aux)
             if d + 1 < n:
-                _put_concat_elu(cache.ul_dn[d + 1][:, q + 1, s], ul)
+                _put_cell(cache.ul_dn[d + 1], cell, _concat_elu_rows(ul))
         if lv > 0:
-            cache.ul_out_raw[:, q, :] = ul
+            cache.ul_out_raw.index_copy_(1, ix[5:6], ul.view(self.batch, 1, self.filters))
         return ul
 
     def _gated_pixel(
@@ -799,12 +874,14 @@ class PixelCNNppStepper(Stepper):
         ring_in: torch.Tensor,
         ring_c1: torch.Tensor,
         s: int,
-        q: int,
+        cols: torch.Tensor,
+        cell: torch.Tensor,
         aux: list[torch.Tensor],
     ) -> torch.Tensor:
-        """One gated block at column q, slot s: ul (B, F) raw input, its concat_elu already in
-        ring_in; the hidden layer goes to ring_c1. Returns the raw output (B, F)."""
+        """One gated block at the current column, slot s: ul (B, F) raw input, its
+        concat_elu already in ring_in; the hidden layer goes to ring_c1. Returns the raw
+        output (B, F)."""
         flip = s == 0
-        hidden = ring_c1[:, q + 1, s]
-        GatedResnet.step_hidden(sw, _pixel_window(ring_in, q, 2), aux, flip, out=hidden)
-        return GatedResnet.step_out(sw, ul, _pixel_window(ring_c1, q, 2), flip)
+        hidden = GatedResnet.step_hidden(sw, _window_at(ring_in, cols), aux, flip)
+        _put_cell(ring_c1, cell, hidden)
+        return GatedResnet.step_out(sw, ul, _window_at(ring_c1, cols), flip)
