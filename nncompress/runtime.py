@@ -110,8 +110,15 @@ class GraphRunner:
         return hit[1]
 
 
+# Set to 0 to launch the step kernels one by one on CUDA (for debugging and timing). Graph
+# replays run the captured kernels unchanged, but a file should be decoded the way it was
+# encoded: its CRC check stops a decode that diverges.
+CUDA_GRAPHS_ENV = "NNCOMPRESS_CUDA_GRAPHS"
+
+
 def step_runner(device: torch.device) -> StepRunner:
-    """The runner for steppers on ``device``: CUDA graphs on CUDA, plain calls elsewhere."""
-    if device.type == "cuda":
+    """The runner for steppers on ``device``: CUDA graphs on CUDA (unless
+    NNCOMPRESS_CUDA_GRAPHS=0), plain calls elsewhere."""
+    if device.type == "cuda" and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0":
         return GraphRunner()
     return run_now
