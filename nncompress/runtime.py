@@ -75,8 +75,9 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
 
 
 class GraphRunner:
-    """A stepper's ``runner`` on CUDA: the first call with a key runs ``fn`` once (lazy
-    initialisation happens outside a capture), captures it as a CUDA graph and replays it;
+    """A stepper's ``runner`` on CUDA: the first call with a key captures ``fn`` as a CUDA
+    graph (the runner's very first call runs it once before, so that lazy initialisation
+    happens outside a capture) and replays it;
     later calls with the key only replay. A decode step is hundreds of small kernels, so
     launching them one by one from Python costs far more than running them.
 
@@ -91,6 +92,7 @@ class GraphRunner:
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()
         self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.warmed = False
 
     def __call__(self, key: Hashable, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         hit = self.graphs.get(key)
@@ -98,7 +100,9 @@ class GraphRunner:
             graph = torch.cuda.CUDAGraph()
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
-                fn()  # warm-up: cuBLAS handles and workspaces are set up outside the capture
+                if not self.warmed:  # cuBLAS handles and workspaces: set up outside a capture
+                    fn()
+                    self.warmed = True
                 graph.capture_begin(pool=self.pool)
                 try:
                     out = fn()
