@@ -47,6 +47,8 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
     """
     if device.type == "cuda":
         os.environ.setdefault(_CUBLAS_ENV, _CUBLAS_DETERMINISTIC)
+    fill = torch.utils.deterministic
+    saved_fill = fill.fill_uninitialized_memory
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.get_num_threads(),
@@ -57,6 +59,9 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
     )
     try:
         torch.use_deterministic_algorithms(True)
+        # The coder reads no memory it has not written; filling every new tensor with NaN
+        # (what deterministic mode does by default) only adds a kernel per allocation.
+        fill.fill_uninitialized_memory = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = False
@@ -67,6 +72,7 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
             yield
     finally:
         torch.use_deterministic_algorithms(saved[0])
+        fill.fill_uninitialized_memory = saved_fill
         torch.set_num_threads(saved[1])
         torch.backends.cuda.matmul.allow_tf32 = saved[2]
         torch.backends.cudnn.allow_tf32 = saved[3]

@@ -42,6 +42,8 @@ class Stepper(abc.ABC):
         device = p.device if p is not None else torch.device("cpu")
         self.model = model
         self.runner: StepRunner = run_now
+        #: The tensor params_at returns at every step, if it is always the same one.
+        self.params_buffer: torch.Tensor | None = None
         self.canvas = torch.zeros(
             batch, model.channels, height, width, dtype=torch.uint8, device=device
         )

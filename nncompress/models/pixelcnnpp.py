@@ -31,9 +31,6 @@ INIT_STD = 0.05
 GATE_INIT_SCALE = 0.1
 # Every convolution of the stepper's rings has kernel height 2 (row above + current row).
 _RING_ROWS = 2
-# The pixel step's index buffer: 7 entries per level (see _fill_index), 3 for the image.
-_INDEX_PER_LEVEL = 7
-_INDEX_LEN = NUM_LEVELS * _INDEX_PER_LEVEL + 3
 
 
 def concat_elu(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -52,32 +49,27 @@ def _right_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0))[:, :, :, : x.shape[3]]
 
 
-def _window_matrix(weight: torch.Tensor, flip_rows: bool) -> torch.Tensor:
+def _window_matrix(weight: torch.Tensor) -> torch.Tensor:
     """Conv weight (Cout, Cin, kh, kw) -> (kw*kh*Cin, Cout) for windows laid out (N, kw, kh,
-    Cin) and flattened (see _window_at); ``flip_rows`` for rows stored bottom-up."""
-    if flip_rows:
-        weight = weight.flip(2)
+    Cin) and flattened, kernel rows top-down (see _gather)."""
     cout = weight.shape[0]
     return weight.permute(3, 2, 1, 0).reshape(-1, cout).contiguous()
 
 
 @dataclass(frozen=True)
 class ConvStep:
-    """Effective weights of a shifted conv for the stepper, computed once. ``[flip]`` picks
-    the version for windows whose rows are stored bottom-up: ``kernels``: (Cout, Cin, kh, kw)
-    for whole rows, ``mats``: (kw*kh*Cin, Cout) for single windows; ``bias``: (Cout,)."""
+    """Effective weights of a shifted conv for the stepper, computed once: ``mat``
+    (kw*kh*Cin, Cout) for windows, ``bias`` (Cout,), the kernel width and stride."""
 
-    kernels: tuple[torch.Tensor, torch.Tensor]
-    mats: tuple[torch.Tensor, torch.Tensor]
+    mat: torch.Tensor
     bias: torch.Tensor
+    kw: int
     stride: int
 
     @staticmethod
     def of(weight: torch.Tensor, bias: torch.Tensor, stride: int = 1) -> ConvStep:
         """weight: (Cout, Cin, kh, kw), bias: (Cout,), both effective (detached)."""
-        kernels = (weight.contiguous(), weight.flip(2).contiguous())
-        mats = (_window_matrix(weight, False), _window_matrix(weight, True))
-        return ConvStep(kernels, mats, bias, stride)
+        return ConvStep(_window_matrix(weight), bias, weight.shape[3], stride)
 
 
 class ShiftedConv2d(nn.Module):
@@ -129,38 +121,39 @@ class ShiftedConv2d(nn.Module):
         return ConvStep.of(self.weight().detach().float(), self.b.detach().float(), self.stride)
 
     @staticmethod
-    def step(
-        sw: ConvStep, windows: torch.Tensor, flip: bool, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def step(sw: ConvStep, windows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """windows: (N, kw*kh*Cin) flattened windows -> (N, Cout), into ``out`` if given."""
-        return torch.addmm(sw.bias, windows, sw.mats[flip], out=out)
+        return torch.addmm(sw.bias, windows, sw.mat, out=out)
 
     @staticmethod
-    def step_row(sw: ConvStep, rows: torch.Tensor, flip: bool) -> torch.Tensor:
-        """All outputs along a row: rows (B, Wp, kh, Cin) (a ring), already padded ->
-        (B * Wo, Cout), Wo = (Wp - kw) // stride + 1."""
-        # (B, Cin, kh, Wp); one copy into the channels-last layout the conv kernels prefer.
-        x = rows.permute(0, 3, 2, 1).contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x, sw.kernels[flip], sw.bias, stride=(1, sw.stride))  # (B, Cout, 1, Wo)
-        return y[:, :, 0, :].permute(0, 2, 1).reshape(-1, y.shape[1])
+    def step_row(sw: ConvStep, rows: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+        """All outputs along a row: rows (B, Wp, S, Cin) (a ring), already padded; ``order``
+        (kh,) picks its slots top-down (None: the slots as they are) -> (B * Wo, Cout),
+        Wo = (Wp - kw) // stride + 1. One matrix product over every output's window (not a
+        library convolution: same arithmetic as the pixel steps, no algorithm search)."""
+        rows = rows.index_select(2, order) if order is not None else rows.contiguous()
+        b, wp, kh, cin = rows.shape
+        kw, k = sw.kw, kh * cin
+        wo = (wp - kw) // sw.stride + 1
+        # Output j's window is the kw columns from j * stride on, contiguous in memory.
+        windows = rows.as_strided((b, wo, kw * k), (wp * k, sw.stride * k, 1))
+        return torch.addmm(sw.bias, windows.reshape(b * wo, kw * k), sw.mat)
 
     @staticmethod
-    def step_plus(
-        sw: ConvStep, base: torch.Tensor, windows: torch.Tensor, flip: bool
-    ) -> torch.Tensor:
+    def step_plus(sw: ConvStep, base: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """base + windows @ W (no bias): (N, Cout). For summing two convs in one op."""
-        return torch.addmm(base, windows, sw.mats[flip])
+        return torch.addmm(base, windows, sw.mat)
 
 
 @dataclass(frozen=True)
 class DeconvStep:
-    """Effective weights of a ShiftedDeconv2d: ``weight`` (Cin, Cout, kh, kw), ``bias``
-    (Cout,), ``pixel[a][b]``: (Cin, Cout) kernel tap for output row parity a, column parity b
-    (down-right deconvs only)."""
+    """Effective weights of a ShiftedDeconv2d: ``bias`` (Cout,); ``taps``: (kh * kw, Cin,
+    Cout), tap a * kw + b for output row parity a and column offset b; ``row_taps``: (kh,
+    Cin, kw * Cout), row parity a's taps side by side."""
 
-    weight: torch.Tensor
     bias: torch.Tensor
-    pixel: tuple[tuple[torch.Tensor, ...], ...]
+    taps: torch.Tensor
+    row_taps: torch.Tensor
 
 
 class ShiftedDeconv2d(nn.Module):
@@ -195,26 +188,32 @@ class ShiftedDeconv2d(nn.Module):
         return y[:, :, : size[0], off : off + size[1]]
 
     def step_weights(self) -> DeconvStep:
-        w = self.weight().detach().float()
-        kh, kw = self.kernel
-        pixel = tuple(tuple(w[:, :, a, b].contiguous() for b in range(kw)) for a in range(kh))
-        return DeconvStep(w, self.b.detach().float(), pixel)
+        w = self.weight().detach().float()  # (Cin, Cout, kh, kw)
+        cin, cout, kh, kw = w.shape
+        taps = w.permute(2, 3, 0, 1).reshape(kh * kw, cin, cout).contiguous()
+        row_taps = w.permute(2, 0, 3, 1).reshape(kh, cin, kw * cout).contiguous()
+        return DeconvStep(self.b.detach().float(), taps, row_taps)
 
-    def step_row(self, sw: DeconvStep, x: torch.Tensor, parity: int, width: int) -> torch.Tensor:
-        """One output row 2r + parity from input row r: x (B, w, Cin) -> (B * width, Cout)."""
-        b = x.shape[0]
-        taps = sw.weight[:, :, parity : parity + 1, :]  # (Cin, Cout, 1, kw)
-        y = F.conv_transpose2d(x.permute(0, 2, 1).unsqueeze(2), taps, sw.bias, stride=2)
+    def step_row(
+        self, sw: DeconvStep, x: torch.Tensor, parity: torch.Tensor, width: int
+    ) -> torch.Tensor:
+        """One output row 2r + parity from input row r: x (B, w, Cin), parity (1,) int64 ->
+        (B * width, Cout). Input column i adds its tap b to output column 2i + b - offset."""
+        b, w, cin = x.shape
+        kw = self.kernel[1]
+        taps = sw.row_taps.index_select(0, parity)[0]  # (Cin, kw * Cout)
+        y = torch.mm(x.reshape(b * w, cin), taps).view(b, w, kw, -1)
+        out = sw.bias.expand(b, 2 * w + kw - 2, y.shape[-1]).clone()  # the natural row
+        for t in range(kw):
+            out[:, t : t + 2 * w - 1 : 2] += y[:, :, t]
         off = self.col_offset
-        return y[:, :, 0, off : off + width].permute(0, 2, 1).reshape(b * width, -1)
+        return out[:, off : off + width].reshape(b * width, -1)
 
     @staticmethod
-    def step_pixel(
-        sw: DeconvStep, x: torch.Tensor, row_parity: int, col_parity: int
-    ) -> torch.Tensor:
+    def step_pixel(sw: DeconvStep, x: torch.Tensor, tap: torch.Tensor) -> torch.Tensor:
         """Down-right deconv at output (p, q) from input (p // 2, q // 2): x (B, Cin) ->
-        (B, Cout); the parities are p % 2 and q % 2."""
-        return torch.addmm(sw.bias, x, sw.pixel[row_parity][col_parity])
+        (B, Cout); tap (1,) int64 = 2 (p % 2) + q % 2."""
+        return torch.addmm(sw.bias, x, sw.taps.index_select(0, tap)[0])
 
 
 @dataclass(frozen=True)
@@ -316,39 +315,31 @@ class GatedResnet(nn.Module):
         return torch.addcmul(x, a, torch.sigmoid(b))
 
     @staticmethod
-    def step_hidden(
-        sw: GatedStep,
-        windows: torch.Tensor,
-        aux: list[torch.Tensor],
-        flip: bool,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def step_hidden(sw: GatedStep, windows: torch.Tensor, aux: list[torch.Tensor]) -> torch.Tensor:
         """One position per item: windows (N, K) flattened concat_elu'd input windows; aux
-        (N, 2F) each, concat_elu'd. Returns concat_elu(c1): (N, 2F) (eval: no dropout),
-        written into ``out`` (e.g. a cache slot) if given."""
-        h = ShiftedConv2d.step(sw.hidden, windows, flip, out=out)
-        return GatedResnet._hidden(h, sw, aux)
+        (N, 2F) each, concat_elu'd. Returns concat_elu(c1): (N, 2F) (eval: no dropout)."""
+        return GatedResnet._hidden(ShiftedConv2d.step(sw.hidden, windows), sw, aux)
 
     @staticmethod
-    def step_out(sw: GatedStep, x: torch.Tensor, windows: torch.Tensor, flip: bool) -> torch.Tensor:
+    def step_out(sw: GatedStep, x: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """x: (N, F) raw input; windows: (N, K) concat_elu(c1) windows -> (N, F) output."""
-        return GatedResnet._gate(x, ShiftedConv2d.step(sw.gate, windows, flip))
+        return GatedResnet._gate(x, ShiftedConv2d.step(sw.gate, windows))
 
     @staticmethod
     def step_hidden_row(
-        sw: GatedStep, rows: torch.Tensor, aux: list[torch.Tensor], flip: bool
+        sw: GatedStep, rows: torch.Tensor, aux: list[torch.Tensor], order: torch.Tensor
     ) -> torch.Tensor:
-        """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs; aux (B*W, 2F) each.
-        Returns concat_elu(c1): (B*W, 2F)."""
-        h = ShiftedConv2d.step_row(sw.hidden, rows, flip)
+        """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs, its slots top-down
+        in ``order``; aux (B*W, 2F) each. Returns concat_elu(c1): (B*W, 2F)."""
+        h = ShiftedConv2d.step_row(sw.hidden, rows, order)
         return GatedResnet._hidden(h, sw, aux)
 
     @staticmethod
     def step_out_row(
-        sw: GatedStep, x: torch.Tensor, rows: torch.Tensor, flip: bool
+        sw: GatedStep, x: torch.Tensor, rows: torch.Tensor, order: torch.Tensor
     ) -> torch.Tensor:
         """x: (B*W, F) raw input row; rows: (B, W+2, 2, 2F) ring of concat_elu(c1)."""
-        return GatedResnet._gate(x, ShiftedConv2d.step_row(sw.gate, rows, flip))
+        return GatedResnet._gate(x, ShiftedConv2d.step_row(sw.gate, rows, order))
 
 
 @dataclass(frozen=True)
@@ -486,46 +477,54 @@ class PixelCNNpp(LikelihoodModel):
 def _new_ring(batch: int, width: int, channels: int, like: torch.Tensor) -> torch.Tensor:
     """A two-row ring buffer (B, width, 2, channels), zero: row r of a level lives in slot
     r % 2; zeros stand for the padding above row 0 and left/right of the row. Columns are
-    outside the slots so that a kernel window of a few columns is one contiguous block of
-    each batch item (see _window_at)."""
+    outside the slots so that the cells of a kernel window are a few rows of the (B,
+    width * 2, channels) view (see _gather)."""
     return like.new_zeros(batch, width, _RING_ROWS, channels)
 
 
-def _window_at(ring: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Padded columns ``cols`` (a 1-D index tensor), both slots: (B, Wp, 2, C) ->
-    (B, len(cols) * 2 * C), laid out as _pixel_window's."""
-    b, wp = ring.shape[:2]
-    return ring.view(b, wp, -1).index_select(1, cols).view(b, -1)
-
-
-def _cell(ring: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """One (column, slot) cell of a ring, ``at`` = [2 * column + slot]: (B, C)."""
+def _gather(ring: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Cells of a ring, ``cells`` (k,) = 2 * padded column + slot: (B, Wp, 2, C) ->
+    (B, k * C), in the order given (a kernel window: columns, then rows top-down)."""
     b, c = ring.shape[0], ring.shape[-1]
-    return ring.view(b, -1, c).index_select(1, at).view(b, c)
+    return ring.view(b, -1, c).index_select(1, cells).view(b, -1)
+
+
+def _index_write(dst: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> None:
+    """dst.index_copy_(dim, index, src) for an index without repeats. Such a copy has no
+    conflicting writes, so it is deterministic; but with deterministic algorithms on, CUDA
+    runs index_copy_ as a sort-based index_put_, measured ~25 us per call instead of ~2.5 us
+    on an H200 (tens of such writes per pixel step). So the flag is lifted for the call."""
+    if dst.is_cuda and torch.are_deterministic_algorithms_enabled():
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(False)
+        try:
+            dst.index_copy_(dim, index, src)
+        finally:
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    else:
+        dst.index_copy_(dim, index, src)
 
 
 def _put_cell(ring: torch.Tensor, at: torch.Tensor, value: torch.Tensor) -> None:
-    """Write value (B, C) into the cell ``at`` = [2 * column + slot] of a ring."""
+    """Write value (B, C) into the cell ``at`` (1,) = [2 * padded column + slot] of a ring."""
     b, c = ring.shape[0], ring.shape[-1]
-    ring.view(b, -1, c).index_copy_(1, at, value.view(b, 1, c))
+    _index_write(ring.view(b, -1, c), 1, at, value.view(b, 1, c))
 
 
-def _slot_row(ring: torch.Tensor, slot: int, width: int) -> torch.Tensor:
-    """Unpadded row (columns 1..width) of a slot: (B, width, C) view."""
-    return ring[:, 1 : width + 1, slot, :]
+def _put_slot(ring: torch.Tensor, slot: torch.Tensor, value: torch.Tensor) -> None:
+    """Write a row value (B, W, C) into the unpadded columns 1..W of slot ``slot`` (1,)."""
+    w = value.shape[1]
+    _index_write(ring[:, 1 : w + 1], 2, slot, value.unsqueeze(2))
+
+
+def _slot(ring: torch.Tensor, slot: torch.Tensor, width: int) -> torch.Tensor:
+    """The unpadded row (columns 1..width) of slot ``slot`` (1,): (B, width, C), a copy."""
+    return ring[:, 1 : width + 1].index_select(2, slot)[:, :, 0]
 
 
 def _concat_elu_rows(x: torch.Tensor) -> torch.Tensor:
-    """concat_elu along the last dim: (N, F) -> (N, 2F)."""
+    """concat_elu along the last dim: (..., F) -> (..., 2F)."""
     return F.elu(torch.cat([x, -x], dim=-1))
-
-
-def _put_concat_elu(dst: torch.Tensor, x: torch.Tensor) -> None:
-    """dst[..., :] = concat_elu(x) along the last dim; dst may be a strided view (..., 2F)."""
-    f = x.shape[-1]
-    dst[..., :f] = x
-    torch.neg(x, out=dst[..., f:])
-    F.elu(dst, inplace=True)
 
 
 class _LevelCache:
@@ -564,6 +563,94 @@ class _LevelCache:
         self.ul_out_raw = like.new_zeros(batch, width, filters)
 
 
+@dataclass(frozen=True)
+class _LevelIndex:
+    """Views of the step index for one level l at step (y, x); p = y >> l, q = x >> l,
+    s = p % 2 (the ring slot of row p). Cells are 2 * padded column + slot."""
+
+    win: torch.Tensor  # (4,) the ul kernel window: padded columns q, q+1, rows p-1, p
+    cell: torch.Tensor  # (1,) the current cell: padded column q+1, slot s
+    down: torch.Tensor  # (4,) the stride-2 window in level l-1: padded 2q, 2q+1, rows 2p-1, 2p
+    tap: torch.Tensor  # (1,) the down-right transposed-conv tap: 2 (p % 2) + q % 2
+    out: torch.Tensor  # (1,) column q (ul_out_raw)
+    up: torch.Tensor  # (1,) column q // 2 of level l+1 (its ul_out_raw)
+    order: torch.Tensor  # (2,) row start: the slots of rows p-1, p
+    slot: torch.Tensor  # (1,) row start: s
+
+    SIZE = 15
+
+    @staticmethod
+    def values(p: int, q: int) -> tuple[int, ...]:
+        s = p & 1
+        a = 1 - s
+        return (
+            *(2 * q + a, 2 * q + s, 2 * q + 2 + a, 2 * q + 2 + s),
+            2 * q + 2 + s,
+            *(4 * q + 1, 4 * q, 4 * q + 3, 4 * q + 2),
+            2 * s + (q & 1),
+            q,
+            q >> 1,
+            *(a, s),
+            s,
+        )
+
+    @staticmethod
+    def of(index: torch.Tensor) -> _LevelIndex:
+        return _LevelIndex(
+            index[0:4],
+            index[4:5],
+            index[5:9],
+            index[9:10],
+            index[10:11],
+            index[11:12],
+            index[12:14],
+            index[14:15],
+        )
+
+
+@dataclass(frozen=True)
+class _ImageIndex:
+    """Views of the step index for the image at step (y, x)."""
+
+    col: torch.Tensor  # (1,) x: the column of ul_top_b
+    win: torch.Tensor  # (2,) the image ring at padded column x (pixel x-1), rows y-1, y
+    cell: torch.Tensor  # (1,) padded column x, slot y % 2: where the pixel left of x goes
+    pos: torch.Tensor  # (1,) flat canvas position of the pixel left of x
+    row: torch.Tensor  # (1,) row start: y - 1, the image row that enters the ring
+    order: torch.Tensor  # (2,) row start: the slots of rows y-2, y-1
+    slot: torch.Tensor  # (1,) row start: the slot of row y-1
+
+    SIZE = 9
+
+    @staticmethod
+    def values(y: int, x: int, width: int) -> tuple[int, ...]:
+        s, sp = y & 1, (y - 1) & 1
+        return (
+            x,
+            *(2 * x + 1 - s, 2 * x + s),
+            2 * x + s,
+            max(y * width + x - 1, 0),
+            max(y - 1, 0),
+            *(1 - sp, sp),
+            sp,
+        )
+
+    @staticmethod
+    def of(index: torch.Tensor) -> _ImageIndex:
+        return _ImageIndex(
+            index[0:1], index[1:3], index[3:4], index[4:5], index[5:6], index[6:8], index[8:9]
+        )
+
+
+def _levels_at(y: int, x: int) -> int:
+    """How many levels compute their ul node at step (y, x): level l does where y and x
+    are multiples of 2^l."""
+    n = 1
+    while n < NUM_LEVELS and not (y % (1 << n) or x % (1 << n)):
+        n += 1
+    return n
+
+
 class PixelCNNppStepper(Stepper):
     """Raster-order stepper with per-layer caches (Fast PixelCNN++): a step costs about one
     pixel's worth of network, plus one row's worth of the u stream at the start of a row.
@@ -588,11 +675,16 @@ class PixelCNNppStepper(Stepper):
     Within a step: the up pass bottom-up (levels 0, 1, 2), then the down pass top-down.
 
     Caches. Every conv sees only the current and the previous row of its level, so each
-    node has a two-row ring (row r in slot r % 2); windows whose current row sits in slot 0
-    are read bottom-up and use row-flipped weights (the ``flip`` argument). The transposed
-    convs read a one-row buffer (u) or the latest value per column (ul). Dropout is off:
-    the stepper computes the eval-mode function. Effective (weight-normalised) weights are
-    computed once here: rebuild the stepper after changing the weights.
+    node has a two-row ring (row r in slot r % 2). The transposed convs read a one-row
+    buffer (u) or the latest value per column (ul). Dropout is off: the stepper computes
+    the eval-mode function. Effective (weight-normalised) weights are computed once here:
+    rebuild the stepper after changing the weights.
+
+    Positions reach the kernels only through ``index`` (which cells, slots and taps to read
+    and write), filled from the host before every step. So the work of a step depends on
+    the position only through a small key: for a pixel, how many levels compute and whether
+    x = 0 (6 keys); for a row start (y >= 2), how many levels start a row (3 keys). The
+    runner replays those (as CUDA graphs on CUDA).
     """
 
     def __init__(self, model: PixelCNNpp, batch: int, height: int, width: int) -> None:
@@ -640,13 +732,23 @@ class PixelCNNppStepper(Stepper):
         # in rows the pixel steps write).
         self.pix_in = like.new_ones(batch, c + 1)
         self.out = like.new_zeros(batch, model.distribution.num_params)
-        # Where the pixel step reads and writes (see _fill_index): a device tensor filled
-        # from a host buffer before every step, so the step itself depends on the position
-        # only through its key (and can be replayed as a CUDA graph).
-        pin = like.device.type == "cuda"
-        self.index_host = torch.zeros(_INDEX_LEN, dtype=torch.int64, pin_memory=pin)
-        self.index = torch.zeros(_INDEX_LEN, dtype=torch.int64, device=like.device)
-        self._index_copied = torch.cuda.Event() if pin else None
+        self.params_buffer = self.out
+        # The index (see _fill_index): a device tensor filled from a host buffer before
+        # every step; an event guards the host buffer until the copy has read it.
+        cuda = like.device.type == "cuda"
+        size = NUM_LEVELS * _LevelIndex.SIZE + _ImageIndex.SIZE
+        self.index_host = torch.zeros(size, dtype=torch.int64, pin_memory=cuda)
+        self.index = torch.zeros(size, dtype=torch.int64, device=like.device)
+        self._index_copied = torch.cuda.Event() if cuda else None
+        n = _LevelIndex.SIZE
+        self.lv_ix = [_LevelIndex.of(self.index[lv * n : (lv + 1) * n]) for lv in range(3)]
+        self.img_ix = _ImageIndex.of(self.index[NUM_LEVELS * n :])
+        # The slots of rows 2p-1, 2p of the level below, for the stride-2 row convs.
+        self.bottom_up = torch.tensor([1, 0], device=like.device)
+        # Values written from the host go through a pinned buffer (see write).
+        self.values_host = torch.zeros(batch, c, dtype=torch.uint8, pin_memory=cuda)
+        self.values = torch.zeros(batch, c, dtype=torch.uint8, device=like.device)
+        self._values_copied = torch.cuda.Event() if cuda else None
         self._next = 0  # raster index of the next position params_at accepts
 
     # -- the step ----------------------------------------------------------------------
@@ -654,134 +756,136 @@ class PixelCNNppStepper(Stepper):
     @torch.no_grad()
     def params_at(self, y: int, x: int) -> torch.Tensor:
         """(B, P) float32 parameters at (y, x). Positions must come in raster order. The
-        returned tensor is the stepper's own buffer, overwritten by the next step."""
+        returned tensor is the stepper's own buffer (``params_buffer``), overwritten by the
+        next step."""
         if y * self.width + x != self._next or not (0 <= x < self.width and y < self.height):
             raise RuntimeError(
                 f"PixelCNN++ stepper: params_at({y}, {x}) out of raster order "
                 f"(expected index {self._next})"
             )
         self._next += 1
+        self._fill_index(y, x)
         if x == 0:
             self._row_start(y)
-        self._fill_index(y, x)
-        key = (y % 8, x == 0, x % 4)
-        return self.runner(key, lambda: self._pixel_step(*key))
+        n, first = _levels_at(y, x), x == 0
+        return self.runner(("pixel", n, first), lambda: self._pixel_step(n, first))
+
+    @torch.no_grad()
+    def write(self, y: int, x: int, values: torch.Tensor) -> None:
+        """values: (B, C) integer in [0, 255]; from the host, without a device sync."""
+        if values.device == self.canvas.device:
+            return super().write(y, x, values)
+        if self._values_copied is not None:
+            self._values_copied.synchronize()  # the buffer's last copy has been read
+        self.values_host.copy_(values)
+        self.values.copy_(self.values_host, non_blocking=True)
+        self.canvas[:, :, y, x].copy_(self.values)
+        if self._values_copied is not None:
+            self._values_copied.record()
 
     def _fill_index(self, y: int, x: int) -> None:
-        """The positions the pixel step (y, x) reads and writes, into ``index``."""
+        """The positions step (y, x) reads and writes, into ``index``."""
         if self._index_copied is not None:
             self._index_copied.synchronize()  # the host buffer's last copy has been read
         h = self.index_host.numpy()
+        n = _LevelIndex.SIZE
         for lv in range(NUM_LEVELS):
-            q, s = x >> lv, (y >> lv) & 1
-            o = lv * _INDEX_PER_LEVEL
-            # window columns (padded q-1+1, q+1), cell (q+1, s), stride-2 window from the
-            # level below (padded 2q, 2q+1), ul_out_raw column q and q // 2 one level up.
-            h[o : o + _INDEX_PER_LEVEL] = (q, q + 1, 2 * (q + 1) + s, 2 * q, 2 * q + 1, q, q >> 1)
-        o = NUM_LEVELS * _INDEX_PER_LEVEL
-        # image ring column x (padded: the pixel left of x), its cell in slot y % 2, and
-        # the canvas position of that pixel (flattened; unused at x = 0).
-        h[o : o + 3] = (x, 2 * x + (y & 1), max(y * self.width + x - 1, 0))
+            h[lv * n : (lv + 1) * n] = _LevelIndex.values(y >> lv, x >> lv)
+        h[NUM_LEVELS * n :] = _ImageIndex.values(y, x, self.width)
         self.index.copy_(self.index_host, non_blocking=True)
         if self._index_copied is not None:
             self._index_copied.record()
 
-    def _level_index(self, lv: int) -> torch.Tensor:
-        o = lv * _INDEX_PER_LEVEL
-        return self.index[o : o + _INDEX_PER_LEVEL]
-
-    def _pixel_step(self, y8: int, first: bool, x4: int) -> torch.Tensor:
-        """The ul stream at one position, from its key: y % 8 (ring slots, which levels
-        run, transposed-conv parities), x == 0 and x % 4; the columns come from ``index``.
+    def _pixel_step(self, n: int, first: bool) -> torch.Tensor:
+        """The ul stream at one position where ``n`` levels compute; ``first``: x == 0.
         Writes and returns ``out``."""
-        ul = self._ul_level0(y8 & 1, first)
-        for lv in range(1, NUM_LEVELS):
-            step = 1 << lv
-            if y8 % step or x4 % step:
-                break
-            s = (y8 >> lv) & 1
-            ul_lv = self._ul_up(lv, s, self._ul_downsample(lv))
+        ul = self._ul_level0(first)
+        for lv in range(1, n):
+            ul_lv = self._ul_up(lv, self._ul_downsample(lv))
             if lv == NUM_LEVELS - 1:
-                self._ul_down(lv, s, ul_lv)
+                self._ul_down(lv, ul_lv)
         # Down pass at the finer levels, coarse to fine, where this step computes them.
-        for lv in reversed(range(NUM_LEVELS - 1)):
-            step = 1 << lv
-            if y8 % step or x4 % step:
-                continue
-            p1, q1 = (y8 >> lv) & 1, (x4 >> lv) & 1
-            above = (
-                self.levels[lv + 1]
-                .ul_out_raw.index_select(1, self._level_index(lv)[6:7])
-                .view(self.batch, self.filters)
+        for lv in reversed(range(min(n, NUM_LEVELS - 1))):
+            ix = self.lv_ix[lv]
+            above = self.levels[lv + 1].ul_out_raw.index_select(1, ix.up)
+            ul = self.model.deconv_ul[lv].step_pixel(
+                self.w_deconv_ul[lv], above.view(self.batch, self.filters), ix.tap
             )
-            ul = self.model.deconv_ul[lv].step_pixel(self.w_deconv_ul[lv], above, p1, q1)
-            ul = self._ul_down(lv, p1, ul)
+            ul = self._ul_down(lv, ul)
         return torch.addmm(self.w_out.bias, F.elu(ul), self.w_out.mat, out=self.out)
 
     # -- u stream: whole rows ----------------------------------------------------------
 
     def _row_start(self, y: int) -> None:
-        """Compute row y >> l of every u node at every level l where it starts now."""
-        levels = [lv for lv in range(NUM_LEVELS) if y % (1 << lv) == 0]
-        last = {}
-        for lv in levels:
-            last[lv] = self._u_up(lv, y >> lv)
-        for lv in reversed(levels):
-            p = y >> lv
+        """Compute row y >> l of every u node at every level l where it starts now. Rows 0
+        and 1 hold special cases (zero input; the ring's padding row becoming an image
+        row) and run as they are; later rows go through the runner."""
+        n = _levels_at(y, 0)
+        if y < 2:
+            self._row_work(n, y)
+        else:
+            self.runner(("row", n), lambda: self._row_work(n, None))
+
+    def _row_work(self, n: int, first_rows: int | None) -> torch.Tensor:
+        """The row start where levels 0..n-1 start a row; ``first_rows``: y if y < 2."""
+        last = [self._u_up(0, self._image_rows(first_rows))]
+        for lv in range(1, n):
+            below = self.levels[lv - 1].u_last_raw  # rows 2p-1, 2p: bottom-up in the ring
+            last.append(
+                self._u_up(lv, ShiftedConv2d.step_row(self.w_down_u[lv - 1], below, self.bottom_up))
+            )
+        for lv in reversed(range(n)):
             if lv == NUM_LEVELS - 1:
                 u = last[lv]
             else:
+                slot, width = self.lv_ix[lv].slot, self.sizes[lv][1]
                 src = self.levels[lv + 1].u_out_raw
-                u = self.model.deconv_u[lv].step_row(
-                    self.w_deconv_u[lv], src, p & 1, self.sizes[lv][1]
-                )
-                self._put_row(self.levels[lv].u_dn[0], p & 1, u)
-            self._u_down(lv, p, u)
+                u = self.model.deconv_u[lv].step_row(self.w_deconv_u[lv], src, slot, width)
+                self._put_row(self.levels[lv].u_dn[0], slot, u)
+            self._u_down(lv, u)
+        return self.ul_top_b
 
-    def _u_up(self, lv: int, p: int) -> torch.Tensor:
-        """Up-pass u rows p at level lv; returns the last node's raw row (B*W, F)."""
-        cache, s = self.levels[lv], p & 1
-        if lv == 0:
-            u = self._image_rows(p)
-        else:
-            # Rows 2p-1, 2p of the level below sit in slots 1, 0: read bottom-up.
-            below = self.levels[lv - 1].u_last_raw
-            u = ShiftedConv2d.step_row(self.w_down_u[lv - 1], below, True)
-        self._put_row(cache.u_up[0], s, u)
+    def _u_up(self, lv: int, u: torch.Tensor) -> torch.Tensor:
+        """Up-pass u rows at level lv from the level's input row u (B*W, F) raw; returns
+        the last node's raw row (B*W, F)."""
+        cache, ix = self.levels[lv], self.lv_ix[lv]
+        self._put_row(cache.u_up[0], ix.slot, u)
         for k, sw in enumerate(self.w_up_u[lv]):
-            u = self._gated_row(sw, u, cache.u_up[k], cache.u_up_c1[k], s, [])
-            self._put_row(cache.u_up[k + 1], s, u)
+            u = self._gated_row(sw, u, cache.u_up[k], cache.u_up_c1[k], lv, [])
+            self._put_row(cache.u_up[k + 1], ix.slot, u)
         if lv < NUM_LEVELS - 1:
-            _slot_row(cache.u_last_raw, s, cache.width).copy_(u.view(self.batch, -1, self.filters))
+            _put_slot(cache.u_last_raw, ix.slot, u.view(self.batch, -1, self.filters))
         return u
 
-    def _u_down(self, lv: int, p: int, u: torch.Tensor) -> None:
-        """Down-pass u rows p at level lv from the level's input row u (B*W, F) raw."""
-        cache, s = self.levels[lv], p & 1
+    def _u_down(self, lv: int, u: torch.Tensor) -> None:
+        """Down-pass u rows at level lv from the level's input row u (B*W, F) raw."""
+        cache, ix = self.levels[lv], self.lv_ix[lv]
         n = len(self.w_dn_u[lv])
         for d, sw in enumerate(self.w_dn_u[lv]):
-            skip = _slot_row(cache.u_up[n - 1 - d], s, cache.width).reshape(-1, 2 * self.filters)
-            u = self._gated_row(sw, u, cache.u_dn[d], cache.u_dn_c1[d], s, [skip])
-            self._put_row(cache.u_dn[d + 1], s, u)
+            skip = _slot(cache.u_up[n - 1 - d], ix.slot, cache.width)
+            u = self._gated_row(
+                sw, u, cache.u_dn[d], cache.u_dn_c1[d], lv, [skip.reshape(-1, 2 * self.filters)]
+            )
+            self._put_row(cache.u_dn[d + 1], ix.slot, u)
         if lv > 0:
             cache.u_out_raw.copy_(u.view(self.batch, cache.width, self.filters))
 
-    def _image_rows(self, y: int) -> torch.Tensor:
+    def _image_rows(self, first_rows: int | None) -> torch.Tensor:
         """Level-0 inputs at the start of row y: the image row y - 1 enters the image ring;
-        returns u[0] row y (B*W, F) and sets the row-above part of ul[0] row y."""
-        c, s_prev = self.model.channels, (y - 1) & 1
-        if y == 0:  # both are down-shifted: zeros (not biases) in row 0
+        returns u[0] row y (B*W, F) and sets the row-above part of ul[0] row y.
+        ``first_rows``: y when y < 2 (special cases), else None."""
+        c, ix = self.model.channels, self.img_ix
+        if first_rows == 0:  # both are down-shifted: zeros (not biases) in row 0
             u = self.ul_top.new_zeros(self.batch * self.width, self.filters)
             self.ul_top.zero_()
         else:
-            row = scale_pixels(self.canvas[:, :, y - 1, :]).permute(0, 2, 1)  # (B, W, C)
-            self.x_ring[:, 1 : self.width + 1, s_prev, :c] = row
-            # Rows y-2, y-1: the current one (y-1) is in slot 0 when y-1 is even.
-            u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, s_prev == 0)
-            one_row = self.x_ring[:, :, s_prev : s_prev + 1]
-            top = ShiftedConv2d.step_row(self.w_ul_top, one_row, False)
+            row = self.canvas.index_select(2, ix.row)[:, :, 0, :]  # (B, C, W)
+            _put_slot(self.x_ring[..., :c], ix.slot, scale_pixels(row).permute(0, 2, 1))
+            u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, ix.order)
+            one_row = self.x_ring.index_select(2, ix.slot)
+            top = ShiftedConv2d.step_row(self.w_ul_top, one_row, None)
             self.ul_top.copy_(top.view(self.batch, self.width, self.filters))
-        if y == 1:
+        if first_rows == 1:
             # Slot 1 stood for the zero padding above row 0 until now; from here on it
             # holds image rows, whose constant channel is one.
             self.x_ring[:, 1 : self.width + 1, 1, c] = 1.0
@@ -789,10 +893,9 @@ class PixelCNNppStepper(Stepper):
         torch.add(self.ul_top, self.w_ul_left.bias, out=self.ul_top_b)
         return u
 
-    def _put_row(self, ring: torch.Tensor, s: int, u: torch.Tensor) -> None:
-        """concat_elu of a raw row u (B*W, F) into slot s of a ring."""
-        w = ring.shape[1] - 2
-        _put_concat_elu(_slot_row(ring, s, w), u.view(self.batch, w, self.filters))
+    def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:
+        """concat_elu of a raw row u (B*W, F) into slot ``slot`` of a ring."""
+        _put_slot(ring, slot, _concat_elu_rows(u.view(self.batch, -1, self.filters)))
 
     def _gated_row(
         self,
@@ -800,71 +903,65 @@ class PixelCNNppStepper(Stepper):
         u: torch.Tensor,
         ring_in: torch.Tensor,
         ring_c1: torch.Tensor,
-        s: int,
+        lv: int,
         aux: list[torch.Tensor],
     ) -> torch.Tensor:
-        """One gated block over row slot s: u (B*W, F) raw input, its concat_elu in ring_in;
-        the hidden layer goes to ring_c1. Returns the raw output row (B*W, F)."""
-        flip = s == 0
-        c1 = GatedResnet.step_hidden_row(sw, ring_in, aux, flip)
-        w = ring_c1.shape[1] - 2
-        _slot_row(ring_c1, s, w).copy_(c1.view(self.batch, w, -1))
-        return GatedResnet.step_out_row(sw, u, ring_c1, flip)
+        """One gated block over the current row of level lv: u (B*W, F) raw input, its
+        concat_elu in ring_in; the hidden layer goes to ring_c1. Returns the raw output row
+        (B*W, F)."""
+        ix = self.lv_ix[lv]
+        c1 = GatedResnet.step_hidden_row(sw, ring_in, aux, ix.order)
+        _put_slot(ring_c1, ix.slot, c1.view(self.batch, self.levels[lv].width, -1))
+        return GatedResnet.step_out_row(sw, u, ring_c1, ix.order)
 
     # -- ul stream: one position per level ---------------------------------------------
 
-    def _ul_level0(self, s: int, first: bool) -> torch.Tensor:
-        """Up pass of ul at level 0 in ring slot s; returns the last node (B, F) raw."""
+    def _ul_level0(self, first: bool) -> torch.Tensor:
+        """Up pass of ul at level 0; returns the last node (B, F) raw."""
         if first:
             ul = self.ul_top[:, 0, :]
         else:
-            c, o = self.model.channels, NUM_LEVELS * _INDEX_PER_LEVEL
-            col, cell, at = self.index[o : o + 1], self.index[o + 1 : o + 2], self.index[o + 2 :]
-            pixel = self.canvas.view(self.batch, c, -1).index_select(2, at).view(self.batch, c)
-            self.pix_in[:, :c] = scale_pixels(pixel)
-            _put_cell(self.x_ring, cell, self.pix_in)
+            c, ix = self.model.channels, self.img_ix
+            pixel = self.canvas.view(self.batch, c, -1).index_select(2, ix.pos)
+            self.pix_in[:, :c] = scale_pixels(pixel.view(self.batch, c))
+            _put_cell(self.x_ring, ix.cell, self.pix_in)
             # The 2x1 conv at column x-1 (padded column x), rows y-1, y.
-            top = self.ul_top_b.index_select(1, col).view(self.batch, self.filters)
-            ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _window_at(self.x_ring, col), s == 0)
-        return self._ul_up(0, s, ul)
+            top = self.ul_top_b.index_select(1, ix.col).view(self.batch, self.filters)
+            ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _gather(self.x_ring, ix.win))
+        return self._ul_up(0, ul)
 
     def _ul_downsample(self, lv: int) -> torch.Tensor:
         """The stride-2 conv into level lv at the current position: (B, F) raw."""
         below = self.levels[lv - 1].ul_last_raw
-        # Rows 2p-1, 2p in slots 1, 0 (bottom-up); columns 2q-1, 2q are padded 2q, 2q+1.
-        cols = self._level_index(lv)[3:5]
-        return ShiftedConv2d.step(self.w_down_ul[lv - 1], _window_at(below, cols), True)
+        return ShiftedConv2d.step(self.w_down_ul[lv - 1], _gather(below, self.lv_ix[lv].down))
 
-    def _ul_up(self, lv: int, s: int, ul: torch.Tensor) -> torch.Tensor:
-        """Up-pass ul blocks at level lv, current position, ring slot s, from the level's
-        input ul (B, F) raw."""
-        cache, ix = self.levels[lv], self._level_index(lv)
-        cols, cell = ix[0:2], ix[2:3]
-        _put_cell(cache.ul_up[0], cell, _concat_elu_rows(ul))
+    def _ul_up(self, lv: int, ul: torch.Tensor) -> torch.Tensor:
+        """Up-pass ul blocks at level lv, current position, from the level's input ul
+        (B, F) raw."""
+        cache, ix = self.levels[lv], self.lv_ix[lv]
+        _put_cell(cache.ul_up[0], ix.cell, _concat_elu_rows(ul))
         for k, sw in enumerate(self.w_up_ul[lv]):
-            aux = [_cell(cache.u_up[k + 1], cell)]
-            ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], s, cols, cell, aux)
-            _put_cell(cache.ul_up[k + 1], cell, _concat_elu_rows(ul))
+            aux = [_gather(cache.u_up[k + 1], ix.cell)]
+            ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], ix, aux)
+            _put_cell(cache.ul_up[k + 1], ix.cell, _concat_elu_rows(ul))
         if lv < NUM_LEVELS - 1:
-            _put_cell(cache.ul_last_raw, cell, ul)
+            _put_cell(cache.ul_last_raw, ix.cell, ul)
         return ul
 
-    def _ul_down(self, lv: int, s: int, ul: torch.Tensor) -> torch.Tensor:
-        """Down-pass ul blocks at level lv, current position, ring slot s, from the level's
-        input ul (B, F) raw; returns the last node (B, F) raw and keeps it for the finer
-        level."""
-        cache, ix = self.levels[lv], self._level_index(lv)
-        cols, cell = ix[0:2], ix[2:3]
+    def _ul_down(self, lv: int, ul: torch.Tensor) -> torch.Tensor:
+        """Down-pass ul blocks at level lv, current position, from the level's input ul
+        (B, F) raw; returns the last node (B, F) raw and keeps it for the finer level."""
+        cache, ix = self.levels[lv], self.lv_ix[lv]
         n = len(self.w_dn_ul[lv])
         if lv < NUM_LEVELS - 1 and n:
-            _put_cell(cache.ul_dn[0], cell, _concat_elu_rows(ul))
+            _put_cell(cache.ul_dn[0], ix.cell, _concat_elu_rows(ul))
         for d, sw in enumerate(self.w_dn_ul[lv]):
-            aux = [_cell(cache.u_dn[d + 1], cell), _cell(cache.ul_up[n - 1 - d], cell)]
-            ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], s, cols, cell, aux)
+            aux = [_gather(cache.u_dn[d + 1], ix.cell), _gather(cache.ul_up[n - 1 - d], ix.cell)]
+            ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], ix, aux)
             if d + 1 < n:
-                _put_cell(cache.ul_dn[d + 1], cell, _concat_elu_rows(ul))
+                _put_cell(cache.ul_dn[d + 1], ix.cell, _concat_elu_rows(ul))
         if lv > 0:
-            cache.ul_out_raw.index_copy_(1, ix[5:6], ul.view(self.batch, 1, self.filters))
+            _index_write(cache.ul_out_raw, 1, ix.out, ul.view(self.batch, 1, self.filters))
         return ul
 
     def _gated_pixel(
@@ -873,15 +970,11 @@ class PixelCNNppStepper(Stepper):
         ul: torch.Tensor,
         ring_in: torch.Tensor,
         ring_c1: torch.Tensor,
-        s: int,
-        cols: torch.Tensor,
-        cell: torch.Tensor,
+        ix: _LevelIndex,
         aux: list[torch.Tensor],
     ) -> torch.Tensor:
-        """One gated block at the current column, slot s: ul (B, F) raw input, its
-        concat_elu already in ring_in; the hidden layer goes to ring_c1. Returns the raw
-        output (B, F)."""
-        flip = s == 0
-        hidden = GatedResnet.step_hidden(sw, _window_at(ring_in, cols), aux, flip)
-        _put_cell(ring_c1, cell, hidden)
-        return GatedResnet.step_out(sw, ul, _window_at(ring_c1, cols), flip)
+        """One gated block at the current cell: ul (B, F) raw input, its concat_elu already
+        in ring_in; the hidden layer goes to ring_c1. Returns the raw output (B, F)."""
+        hidden = GatedResnet.step_hidden(sw, _gather(ring_in, ix.win), aux)
+        _put_cell(ring_c1, ix.cell, hidden)
+        return GatedResnet.step_out(sw, ul, _gather(ring_c1, ix.win))
