@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .coding import Decoder, Encoder
-from .distributions.base import Distribution
+from .distributions.base import NUM_SYMBOLS, Distribution
 from .models.base import LikelihoodModel, Stepper, StepRunner
 from .runtime import step_runner
 
@@ -184,26 +184,64 @@ def run_schedule(
 
 class ChannelPmfs:
     """The coder's tables of one step, channel by channel, through the stepper's runner:
-    parameters and the values decoded so far sit in fixed buffers, so the same kernels
-    serve every step (as CUDA graphs on CUDA)."""
+    the parameters, the values decoded so far and the distribution's per-pixel state sit in
+    buffers that stay in place, so the same kernels serve every step (as CUDA graphs on
+    CUDA). On CUDA the values come in, and the tables go out, through pinned host buffers
+    copied inside that work, and one wait per channel collects the table.
+
+    Graph memory: channel c's work reads what channel c-1's work left in ``state``; every
+    step replays channel 0, 1, ... in turn right after the pixel step, so such a tensor is
+    always consumed before any other work runs over the memory it shares with it.
+    """
 
     def __init__(
-        self, dist: Distribution, runner: StepRunner, n: int, channels: int, device: torch.device
+        self,
+        dist: Distribution,
+        runner: StepRunner,
+        n: int,
+        channels: int,
+        device: torch.device,
+        params: torch.Tensor | None = None,
     ) -> None:
         self.dist, self.runner = dist, runner
-        self.params = torch.zeros(n, dist.num_params, device=device)
-        self.prev = torch.zeros(n, channels, dtype=torch.int64, device=device)
+        # The stepper's own parameter buffer when it has one (no copy per step).
+        if params is None:
+            params = torch.zeros(n, dist.num_params, device=device)
+        self.params = params
+        self.state: dict[str, torch.Tensor] = {}
+        cuda = device.type == "cuda"
+        self.prev_host = torch.zeros(n, channels, dtype=torch.int64, pin_memory=cuda)
+        self.prev = self.prev_host.to(device) if cuda else self.prev_host
+        self.tables = (
+            [torch.zeros(n, NUM_SYMBOLS, pin_memory=True) for _ in range(channels)]
+            if cuda
+            else None
+        )
+        self._done = torch.cuda.Event() if cuda else None
 
     def set_params(self, params: torch.Tensor) -> None:
-        self.params.copy_(params)
+        if params.data_ptr() != self.params.data_ptr():
+            self.params.copy_(params)
 
     def __call__(self, c: int, values: np.ndarray) -> np.ndarray:
-        """(n, 256) probabilities of channel c given values[:, :c] (host, int64)."""
+        """(n, 256) probabilities of channel c given values[:, :c] (host, int64). The
+        array is a buffer of this object, valid until the next call for the same c."""
         if c:
-            self.prev[:, :c].copy_(torch.from_numpy(values[:, :c]))
-        prev = self.prev[:, :c]
-        pmf = self.runner(("pmf", c), lambda: self.dist.channel_pmf(self.params, c, prev))
-        return pmf.cpu().numpy()
+            self.prev_host.numpy()[:, :c] = values[:, :c]
+        pmf = self.runner(("pmf", c), lambda: self._pmf(c))
+        if self.tables is None:
+            return pmf.numpy()
+        self._done.record()
+        self._done.synchronize()
+        return self.tables[c].numpy()
+
+    def _pmf(self, c: int) -> torch.Tensor:
+        if c and self.prev is not self.prev_host:
+            self.prev.copy_(self.prev_host, non_blocking=True)
+        pmf = self.dist.coding_pmf(self.params, c, self.prev, self.state)
+        if self.tables is not None:
+            self.tables[c].copy_(pmf, non_blocking=True)
+        return pmf
 
 
 def _run_batch(
@@ -218,7 +256,9 @@ def _run_batch(
     stepper: Stepper = model.stepper(n, tile_h, tile_w)
     device = stepper.canvas.device
     stepper.runner = runner = step_runner(device)
-    pmfs = ChannelPmfs(stepper.distribution, runner, n, model.channels, device)
+    pmfs = ChannelPmfs(
+        stepper.distribution, runner, n, model.channels, device, stepper.params_buffer
+    )
     channels = model.channels
     # Per slot of this batch: valid extent (0 for filler slots), owner and tile index.
     vh = np.zeros(n, dtype=np.int64)
@@ -250,7 +290,7 @@ def _run_batch(
                 if len(sel):
                     values[lo + sel, c] = job.exchange(t0 + sel, y, x, c, probs[lo + sel])
         mirror[:, :, y, x] = values
-        stepper.write(y, x, torch.from_numpy(values).to(device))
+        stepper.write(y, x, torch.from_numpy(values))
         if progress is not None:
             progress(1)
     for job, lo, hi, t0 in spans:

@@ -120,6 +120,23 @@ def _reference_joint_log_likelihood(
     return torch.logsumexp(per_component, 1)
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_coding_pmfs_channel_by_channel_equal_the_reference(channels: int) -> None:
+    """The coder's incremental PMFs (one state carried from channel to channel) are the
+    reference ``channel_pmf`` up to float rounding, for the values actually seen."""
+    dist = DiscretizedLogisticMixture(channels, 4)
+    params = random_params(dist, 64, seed=11)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randint(0, 256, (64, channels), generator=g)
+    state: dict = {}
+    for c in range(channels):
+        coded = dist.coding_pmf(params, c, x, state)
+        reference = dist.channel_pmf(params, c, x[:, :c])
+        assert coded.shape == (64, NUM_SYMBOLS)
+        assert torch.allclose(coded, reference, rtol=1e-4, atol=1e-7)
+        assert torch.allclose(coded.sum(1), torch.ones(64))
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_channel_log_probs_sum_to_the_joint_mixture_likelihood(channels: int) -> None:
     m, n = 3, 80

@@ -24,7 +24,11 @@ from ..errors import FormatError, UnsupportedVersionError
 #: PNG-style signature: a non-ASCII first byte catches 7-bit transfers, CR LF and LF catch
 #: line-ending conversion, ^Z stops `type` on DOS.
 MAGIC: Final = b"\x89NNC\r\n\x1a\n"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: Earlier versions: what a reader tells the user who has such a file.
+_OLD_VERSIONS: Final = MappingProxyType(
+    {1: "written by nncompress 0.1, whose coding computation this build does not replay"}
+)
 
 _VERSION = struct.Struct("<H")  # u16 format version, right after the magic
 _BODY_LEN = struct.Struct("<I")  # u32 length of the header body
@@ -297,8 +301,13 @@ def _parse_header(view: memoryview) -> tuple[Header, int]:
     _need(view, _BODY_LEN_AT, "format version")
     (version,) = _VERSION.unpack_from(view, _VERSION_AT)
     if version != FORMAT_VERSION:
+        why = (
+            f"; version {version} files were {_OLD_VERSIONS[version]}"
+            if version in _OLD_VERSIONS
+            else ""
+        )
         raise UnsupportedVersionError(
-            f"unsupported format version {version} (this build reads version {FORMAT_VERSION})"
+            f"unsupported format version {version} (this build reads version {FORMAT_VERSION}{why})"
         )
     _need(view, _BODY_AT, "header length")
     (body_len,) = _BODY_LEN.unpack_from(view, _BODY_LEN_AT)

@@ -35,6 +35,16 @@ class Distribution(abc.ABC):
         pixel, as actually decoded. Returns (N, 256) float32, rows sum to 1, every entry > 0.
         """
 
+    def coding_pmf(
+        self, params: torch.Tensor, c: int, prev: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``channel_pmf`` as the coder calls it: channels 0, 1, ... of one pixel in turn,
+        with ``state`` (a dict the caller keeps for the pixel) to carry work from earlier
+        channels to later ones. prev: (N, C) int64, columns < c decoded. The same function
+        as ``channel_pmf`` up to float rounding (the coder only needs it to be the same
+        computation in encoder and decoder). Default: ``channel_pmf``."""
+        return self.channel_pmf(params, c, prev[:, :c])
+
     def pixel_pmfs(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """All channels' PMFs at one pixel given its true values (testing, scoring).
 

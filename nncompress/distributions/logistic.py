@@ -31,6 +31,8 @@ LOG_SCALE_MIN = -7.0
 # (error ~ d / 2 < 2e-7), and exp(log d) would start to underflow.
 _LOG_D_SMALL = -15.0
 _LN2 = math.log(2.0)
+# Smallest positive float32: the floor of inverse scales (infinite bin edges stay infinite).
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def scale_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -172,20 +174,63 @@ class DiscretizedLogisticMixture(Distribution):
         weights = torch.softmax(log_w, dim=1)  # (N, M) posterior given x_<c
         return floor_and_normalize(self._mixture_pmf(weights, mus[c], scales[c]))
 
+    def coding_pmf(
+        self, params: torch.Tensor, c: int, prev: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``channel_pmf`` incrementally: channel 0 unpacks the parameters into ``state``;
+        each later channel adds every component's log-probability of the value just
+        decoded to the running mixture log-weights (in the stable log form of the loss: a
+        table entry may underflow) and couples its mean to the scaled decoded values."""
+        if c == 0:
+            logits, means, log_scales, coeffs = self._unpack(params)
+            state.clear()
+            state.update(log_w=logits, means=means, log_scales=log_scales)
+            if coeffs is not None:
+                state["coeffs"] = coeffs
+            mean = means[:, 0]
+        else:
+            x = prev[:, c - 1 : c]  # (N, 1) the value of channel c-1, just decoded
+            term = self._component_log_probs(x, state["mean"], state["log_scales"][:, c - 1])
+            state["log_w"] = state["log_w"] + term
+            state[f"scaled{c - 1}"] = scale_pixels(x)
+            coeffs, s0 = state.get("coeffs"), state["scaled0"]
+            mean = state["means"][:, c]
+            if c == 1:
+                mean = mean + coeffs[:, 0] * s0
+            else:
+                mean = mean + coeffs[:, 1] * s0 + coeffs[:, 2] * state["scaled1"]
+        state["mean"] = mean
+        weights = torch.softmax(state["log_w"], dim=1)
+        return floor_and_normalize(self._mixture_pmf(weights, mean, state["log_scales"][:, c]))
+
     @staticmethod
     def _mixture_pmf(
         weights: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
     ) -> torch.Tensor:
-        """weights, mean, log_scale: (N, M) -> (N, 256) bin probabilities (CDF differences,
-        computed in the stable product form of ``_component_log_probs``)."""
-        values = torch.arange(NUM_SYMBOLS, device=mean.device)
-        centered = scale_pixels(values) - mean.unsqueeze(-1)  # (N, M, 256)
-        inv_scale = torch.exp(-log_scale).unsqueeze(-1)
-        plus = inv_scale * (centered + BIN_HALF_WIDTH)
-        minus = inv_scale * (centered - BIN_HALF_WIDTH)
-        cdf_plus = torch.sigmoid(plus)
-        sf_minus = torch.sigmoid(-minus)
-        width = -torch.expm1(-2.0 * BIN_HALF_WIDTH * inv_scale)  # 1 - exp(-(plus - minus))
-        probs = cdf_plus * sf_minus * width
-        probs = torch.cat([cdf_plus[..., :1], probs[..., 1:-1], sf_minus[..., -1:]], dim=-1)
-        return torch.bmm(weights.unsqueeze(1), probs).squeeze(1)
+        """weights, mean, log_scale: (N, M) -> (N, 256) bin probabilities."""
+        comp = DiscretizedLogisticMixture._component_pmfs(mean, log_scale)
+        return torch.bmm(weights.unsqueeze(1), comp).squeeze(1)
+
+    @staticmethod
+    def _component_pmfs(mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """mean, log_scale: (N, M) -> (N, M, 256): each component's bin probabilities, as
+        differences of the CDF at the 257 bin edges (the outer ones infinite, so the edge
+        values take the tails). A bin left of the mean uses the CDF, one right of it the
+        survival function: the difference of two small numbers, which does not cancel."""
+        edges = _bin_edges(mean.device)
+        # An infinite edge times a zero inverse scale (log-scale > ~87) would be NaN.
+        inv_scale = torch.exp(-log_scale).clamp_min(_TINY)
+        t = (edges - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1)  # (N, M, 257)
+        cdf, sf = torch.sigmoid(t), torch.sigmoid(-t)
+        left = cdf[..., 1:] - cdf[..., :-1]
+        right = sf[..., :-1] - sf[..., 1:]
+        return torch.where(t[..., :-1] > 0, right, left)
+
+
+def _bin_edges(device: torch.device) -> torch.Tensor:
+    """(257,) float32: -inf, the 255 edges between neighbouring values on the [-1, 1]
+    scale (value v's bin is its scaled value +- BIN_HALF_WIDTH), +inf."""
+    values = torch.arange(NUM_SYMBOLS - 1, dtype=torch.float64)
+    inner = (values - PIXEL_HALF_RANGE) / PIXEL_HALF_RANGE + BIN_HALF_WIDTH
+    inf = torch.tensor([math.inf], dtype=torch.float64)
+    return torch.cat([-inf, inner, inf]).float().to(device)
