@@ -208,7 +208,7 @@ class ChannelPmfs:
         if params is None:
             params = torch.zeros(n, dist.num_params, device=device)
         self.params = params
-        self.state: dict[str, torch.Tensor] = {}
+        self.state = dist.coding_state(device)
         cuda = device.type == "cuda"
         self.prev_host = torch.zeros(n, channels, dtype=torch.int64, pin_memory=cuda)
         self.prev = self.prev_host.to(device) if cuda else self.prev_host
@@ -283,15 +283,26 @@ def _run_batch(
         else:
             values = np.zeros((n, channels), dtype=np.int64)
         pmfs.set_params(stepper.params_at(y, x))  # (n, P) on device
+        coded = [_coded_rows(job, lo, hi, t0, valid) for job, lo, hi, t0 in spans]
         for c in range(channels):
             probs = pmfs(c, values)  # (n, 256) float32
-            for job, lo, hi, t0 in spans:
-                sel = np.flatnonzero(valid[lo:hi])
-                if len(sel):
-                    values[lo + sel, c] = job.exchange(t0 + sel, y, x, c, probs[lo + sel])
+            for job, rows, tiles in coded:
+                if len(tiles):
+                    values[rows, c] = job.exchange(tiles, y, x, c, probs[rows])
         mirror[:, :, y, x] = values
         stepper.write(y, x, torch.from_numpy(values))
         if progress is not None:
             progress(1)
     for job, lo, hi, t0 in spans:
         job.tiles[t0 : t0 + hi - lo] = mirror[lo:hi]
+
+
+def _coded_rows(
+    job: TileJob, lo: int, hi: int, t0: int, valid: np.ndarray
+) -> tuple[TileJob, slice | np.ndarray, np.ndarray]:
+    """The batch rows of ``job``'s slots [lo, hi) that have a pixel at this position (a
+    slice when all do: the coder's tables are then a view, not a copy) and their tiles."""
+    sel = np.flatnonzero(valid[lo:hi])
+    if len(sel) == hi - lo:
+        return job, slice(lo, hi), np.arange(t0, t0 + hi - lo)
+    return job, lo + sel, t0 + sel

@@ -45,6 +45,11 @@ class Distribution(abc.ABC):
         computation in encoder and decoder). Default: ``channel_pmf``."""
         return self.channel_pmf(params, c, prev[:, :c])
 
+    def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """A fresh ``state`` for ``coding_pmf``, holding whatever constants it needs made
+        before any step runs (outside a CUDA graph capture). Default: empty."""
+        return {}
+
     def pixel_pmfs(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """All channels' PMFs at one pixel given its true values (testing, scoring).
 

@@ -181,9 +181,10 @@ class DiscretizedLogisticMixture(Distribution):
         each later channel adds every component's log-probability of the value just
         decoded to the running mixture log-weights (in the stable log form of the loss: a
         table entry may underflow) and couples its mean to the scaled decoded values."""
+        if "edges" not in state:  # constants, made once (coding_state makes them up front)
+            state.update(self.coding_state(params.device))
         if c == 0:
             logits, means, log_scales, coeffs = self._unpack(params)
-            state.clear()
             state.update(log_w=logits, means=means, log_scales=log_scales)
             if coeffs is not None:
                 state["coeffs"] = coeffs
@@ -201,23 +202,34 @@ class DiscretizedLogisticMixture(Distribution):
                 mean = mean + coeffs[:, 1] * s0 + coeffs[:, 2] * state["scaled1"]
         state["mean"] = mean
         weights = torch.softmax(state["log_w"], dim=1)
-        return floor_and_normalize(self._mixture_pmf(weights, mean, state["log_scales"][:, c]))
+        pmf = self._mixture_pmf(weights, mean, state["log_scales"][:, c], state["edges"])
+        return floor_and_normalize(pmf)
+
+    def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {"edges": _bin_edges(device)}
 
     @staticmethod
     def _mixture_pmf(
-        weights: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+        weights: torch.Tensor,
+        mean: torch.Tensor,
+        log_scale: torch.Tensor,
+        edges: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """weights, mean, log_scale: (N, M) -> (N, 256) bin probabilities."""
-        comp = DiscretizedLogisticMixture._component_pmfs(mean, log_scale)
+        comp = DiscretizedLogisticMixture._component_pmfs(mean, log_scale, edges)
         return torch.bmm(weights.unsqueeze(1), comp).squeeze(1)
 
     @staticmethod
-    def _component_pmfs(mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    def _component_pmfs(
+        mean: torch.Tensor, log_scale: torch.Tensor, edges: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """mean, log_scale: (N, M) -> (N, M, 256): each component's bin probabilities, as
-        differences of the CDF at the 257 bin edges (the outer ones infinite, so the edge
-        values take the tails). A bin left of the mean uses the CDF, one right of it the
-        survival function: the difference of two small numbers, which does not cancel."""
-        edges = _bin_edges(mean.device)
+        differences of the CDF at the 257 bin edges (``edges``: _bin_edges, made here if
+        not given; the outer ones infinite, so the edge values take the tails). A bin left
+        of the mean uses the CDF, one right of it the survival function: the difference of
+        two small numbers, which does not cancel."""
+        if edges is None:
+            edges = _bin_edges(mean.device)
         # An infinite edge times a zero inverse scale (log-scale > ~87) would be NaN.
         inv_scale = torch.exp(-log_scale).clamp_min(_TINY)
         t = (edges - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1)  # (N, M, 257)
@@ -229,8 +241,9 @@ class DiscretizedLogisticMixture(Distribution):
 
 def _bin_edges(device: torch.device) -> torch.Tensor:
     """(257,) float32: -inf, the 255 edges between neighbouring values on the [-1, 1]
-    scale (value v's bin is its scaled value +- BIN_HALF_WIDTH), +inf."""
-    values = torch.arange(NUM_SYMBOLS - 1, dtype=torch.float64)
-    inner = (values - PIXEL_HALF_RANGE) / PIXEL_HALF_RANGE + BIN_HALF_WIDTH
-    inf = torch.tensor([math.inf], dtype=torch.float64)
-    return torch.cat([-inf, inner, inf]).float().to(device)
+    scale (value v's bin is its scaled value +- BIN_HALF_WIDTH), +inf. Made on the
+    device itself (no host copy: safe inside a CUDA graph capture)."""
+    values = torch.arange(-1, NUM_SYMBOLS, dtype=torch.float64, device=device)
+    edges = (values - PIXEL_HALF_RANGE) / PIXEL_HALF_RANGE + BIN_HALF_WIDTH
+    edges[0], edges[-1] = -math.inf, math.inf
+    return edges.float()

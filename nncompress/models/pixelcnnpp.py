@@ -71,6 +71,11 @@ class ConvStep:
         """weight: (Cout, Cin, kh, kw), bias: (Cout,), both effective (detached)."""
         return ConvStep(_window_matrix(weight), bias, weight.shape[3], stride)
 
+    def paired(self) -> ConvStep:
+        """The same conv with its outputs followed by their negations: [y, -y] (2 Cout)."""
+        mat = torch.cat([self.mat, -self.mat], 1).contiguous()
+        return ConvStep(mat, torch.cat([self.bias, -self.bias]), self.kw, self.stride)
+
 
 class ShiftedConv2d(nn.Module):
     """Weight-normalised conv whose output at (i, j) sees input rows i-kh+1 .. i and columns
@@ -154,6 +159,11 @@ class DeconvStep:
     bias: torch.Tensor
     taps: torch.Tensor
     row_taps: torch.Tensor
+
+    def paired(self) -> DeconvStep:
+        """Pixel taps with their outputs followed by their negations: [y, -y] (2 Cout)."""
+        taps = torch.cat([self.taps, -self.taps], 2).contiguous()
+        return DeconvStep(torch.cat([self.bias, -self.bias]), taps, self.row_taps)
 
 
 class ShiftedDeconv2d(nn.Module):
@@ -254,11 +264,14 @@ class Nin(nn.Module):
 class GatedStep:
     """Effective weights of a GatedResnet for the stepper. The first conv (``hidden``, its
     bias including the nin's) and the nin, split per aux input (``aux``: (2F, 2F) each), are
-    stacked with their negation, so they yield [c1, -c1] and one ELU gives concat_elu(c1)."""
+    stacked with their negation, so they yield [c1, -c1] and one ELU gives concat_elu(c1).
+    ``gate`` gives [a, b]; ``gate_pair`` gives [a, -a, b, b], for inputs kept as pairs
+    [x, -x]: the block then yields [y, -y], and one ELU gives concat_elu(y)."""
 
     hidden: ConvStep
     aux: tuple[torch.Tensor, ...]
     gate: ConvStep
+    gate_pair: ConvStep
 
 
 class GatedResnet(nn.Module):
@@ -301,7 +314,16 @@ class GatedResnet(nn.Module):
             for m in lin.mat.chunk(self.n_aux, dim=0):
                 aux.append(torch.cat([m, -m], 1).contiguous())
         hidden = ConvStep.of(torch.cat([w, -w]), torch.cat([bias, -bias]))
-        return GatedStep(hidden, tuple(aux), self.conv_b.step_weights())
+        gate = self.conv_b.step_weights()
+        ma, mb = gate.mat.chunk(2, dim=1)
+        ba, bb = gate.bias.chunk(2)
+        pair = ConvStep(
+            torch.cat([ma, -ma, mb, mb], 1).contiguous(),
+            torch.cat([ba, -ba, bb, bb]),
+            gate.kw,
+            gate.stride,
+        )
+        return GatedStep(hidden, tuple(aux), gate, pair)
 
     @staticmethod
     def _hidden(h: torch.Tensor, sw: GatedStep, aux: list[torch.Tensor]) -> torch.Tensor:
@@ -321,9 +343,12 @@ class GatedResnet(nn.Module):
         return GatedResnet._hidden(ShiftedConv2d.step(sw.hidden, windows), sw, aux)
 
     @staticmethod
-    def step_out(sw: GatedStep, x: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """x: (N, F) raw input; windows: (N, K) concat_elu(c1) windows -> (N, F) output."""
-        return GatedResnet._gate(x, ShiftedConv2d.step(sw.gate, windows))
+    def step_out_pair(sw: GatedStep, x2: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """x2: (N, 2F) raw input as [x, -x]; windows: (N, K) concat_elu(c1) windows ->
+        (N, 2F) output as [y, -y] (negation is exact, so the halves stay each other's)."""
+        g = ShiftedConv2d.step(sw.gate_pair, windows)  # (N, 4F): [a, -a, b, b]
+        f2 = x2.shape[1]
+        return torch.addcmul(x2, g[:, :f2], torch.sigmoid(g[:, f2:]))
 
     @staticmethod
     def step_hidden_row(
@@ -697,17 +722,19 @@ class PixelCNNppStepper(Stepper):
         self.sizes = level_sizes(height, width)
         like = next(model.parameters()).detach().float()
         with torch.no_grad():
+            # The ul stream's pixel path keeps values as pairs [x, -x] (see GatedStep):
+            # its input convs and transposed convs give pairs.
             self.w_u_init = model.u_init.step_weights()
-            self.w_ul_top = model.ul_init_top.step_weights()
-            self.w_ul_left = model.ul_init_left.step_weights()
+            self.w_ul_top = model.ul_init_top.step_weights().paired()
+            self.w_ul_left = model.ul_init_left.step_weights().paired()
             self.w_up_u = [[m.step_weights() for m in lv] for lv in model.up_u]
             self.w_up_ul = [[m.step_weights() for m in lv] for lv in model.up_ul]
             self.w_down_u = [m.step_weights() for m in model.down_u]
-            self.w_down_ul = [m.step_weights() for m in model.down_ul]
+            self.w_down_ul = [m.step_weights().paired() for m in model.down_ul]
             self.w_dn_u = [[m.step_weights() for m in lv] for lv in model.dn_u]
             self.w_dn_ul = [[m.step_weights() for m in lv] for lv in model.dn_ul]
             self.w_deconv_u = [m.step_weights() for m in model.deconv_u]
-            self.w_deconv_ul = [m.step_weights() for m in model.deconv_ul]
+            self.w_deconv_ul = [m.step_weights().paired() for m in model.deconv_ul]
             self.w_out = model.out.step_weights()
         self.levels = [
             _LevelCache(batch, w, self.filters, self.nr_resnet, model.down_blocks(lv), like)
@@ -724,10 +751,10 @@ class PixelCNNppStepper(Stepper):
         # above row 0 until row 1 arrives (see _image_rows).
         self.x_ring = _new_ring(batch, width + 2, c + 1, like)
         self.x_ring[:, 1 : width + 1, 0, c] = 1.0
-        # ul at level 0 from the row above (1x3 conv), per row; with the 2x1 conv's bias
-        # folded in for the columns where that conv contributes.
-        self.ul_top = like.new_zeros(batch, width, self.filters)
-        self.ul_top_b = like.new_zeros(batch, width, self.filters)
+        # ul at level 0 from the row above (1x3 conv), per row, as pairs; with the 2x1
+        # conv's bias folded in for the columns where that conv contributes.
+        self.ul_top = like.new_zeros(batch, width, 2 * self.filters)
+        self.ul_top_b = like.new_zeros(batch, width, 2 * self.filters)
         # The pixel left of the current one, scaled, with the constant channel (always one
         # in rows the pixel steps write).
         self.pix_in = like.new_ones(batch, c + 1)
@@ -798,7 +825,7 @@ class PixelCNNppStepper(Stepper):
 
     def _pixel_step(self, n: int, first: bool) -> torch.Tensor:
         """The ul stream at one position where ``n`` levels compute; ``first``: x == 0.
-        Writes and returns ``out``."""
+        Writes and returns ``out``. The ul values here are pairs [x, -x], (B, 2F)."""
         ul = self._ul_level0(first)
         for lv in range(1, n):
             ul_lv = self._ul_up(lv, self._ul_downsample(lv))
@@ -812,7 +839,8 @@ class PixelCNNppStepper(Stepper):
                 self.w_deconv_ul[lv], above.view(self.batch, self.filters), ix.tap
             )
             ul = self._ul_down(lv, ul)
-        return torch.addmm(self.w_out.bias, F.elu(ul), self.w_out.mat, out=self.out)
+        f = self.filters
+        return torch.addmm(self.w_out.bias, F.elu(ul[:, :f]), self.w_out.mat, out=self.out)
 
     # -- u stream: whole rows ----------------------------------------------------------
 
@@ -876,7 +904,7 @@ class PixelCNNppStepper(Stepper):
         ``first_rows``: y when y < 2 (special cases), else None."""
         c, ix = self.model.channels, self.img_ix
         if first_rows == 0:  # both are down-shifted: zeros (not biases) in row 0
-            u = self.ul_top.new_zeros(self.batch * self.width, self.filters)
+            u = self.ul_top.new_zeros(self.batch * self.width, self.filters)  # not a pair
             self.ul_top.zero_()
         else:
             row = self.canvas.index_select(2, ix.row)[:, :, 0, :]  # (B, C, W)
@@ -884,7 +912,7 @@ class PixelCNNppStepper(Stepper):
             u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, ix.order)
             one_row = self.x_ring.index_select(2, ix.slot)
             top = ShiftedConv2d.step_row(self.w_ul_top, one_row, None)
-            self.ul_top.copy_(top.view(self.batch, self.width, self.filters))
+            self.ul_top.copy_(top.view(self.batch, self.width, -1))
         if first_rows == 1:
             # Slot 1 stood for the zero padding above row 0 until now; from here on it
             # holds image rows, whose constant channel is one.
@@ -917,7 +945,7 @@ class PixelCNNppStepper(Stepper):
     # -- ul stream: one position per level ---------------------------------------------
 
     def _ul_level0(self, first: bool) -> torch.Tensor:
-        """Up pass of ul at level 0; returns the last node (B, F) raw."""
+        """Up pass of ul at level 0; returns the last node (B, 2F) raw, as a pair."""
         if first:
             ul = self.ul_top[:, 0, :]
         else:
@@ -926,42 +954,42 @@ class PixelCNNppStepper(Stepper):
             self.pix_in[:, :c] = scale_pixels(pixel.view(self.batch, c))
             _put_cell(self.x_ring, ix.cell, self.pix_in)
             # The 2x1 conv at column x-1 (padded column x), rows y-1, y.
-            top = self.ul_top_b.index_select(1, ix.col).view(self.batch, self.filters)
+            top = self.ul_top_b.index_select(1, ix.col).view(self.batch, -1)
             ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _gather(self.x_ring, ix.win))
         return self._ul_up(0, ul)
 
     def _ul_downsample(self, lv: int) -> torch.Tensor:
-        """The stride-2 conv into level lv at the current position: (B, F) raw."""
+        """The stride-2 conv into level lv at the current position: (B, 2F) raw pair."""
         below = self.levels[lv - 1].ul_last_raw
         return ShiftedConv2d.step(self.w_down_ul[lv - 1], _gather(below, self.lv_ix[lv].down))
 
     def _ul_up(self, lv: int, ul: torch.Tensor) -> torch.Tensor:
         """Up-pass ul blocks at level lv, current position, from the level's input ul
-        (B, F) raw."""
+        (B, 2F) raw pair."""
         cache, ix = self.levels[lv], self.lv_ix[lv]
-        _put_cell(cache.ul_up[0], ix.cell, _concat_elu_rows(ul))
+        _put_cell(cache.ul_up[0], ix.cell, F.elu(ul))
         for k, sw in enumerate(self.w_up_ul[lv]):
             aux = [_gather(cache.u_up[k + 1], ix.cell)]
             ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], ix, aux)
-            _put_cell(cache.ul_up[k + 1], ix.cell, _concat_elu_rows(ul))
+            _put_cell(cache.ul_up[k + 1], ix.cell, F.elu(ul))
         if lv < NUM_LEVELS - 1:
-            _put_cell(cache.ul_last_raw, ix.cell, ul)
+            _put_cell(cache.ul_last_raw, ix.cell, ul[:, : self.filters])
         return ul
 
     def _ul_down(self, lv: int, ul: torch.Tensor) -> torch.Tensor:
         """Down-pass ul blocks at level lv, current position, from the level's input ul
-        (B, F) raw; returns the last node (B, F) raw and keeps it for the finer level."""
-        cache, ix = self.levels[lv], self.lv_ix[lv]
+        (B, 2F) raw pair; returns the last node (B, 2F) and keeps it for the finer level."""
+        cache, ix, f = self.levels[lv], self.lv_ix[lv], self.filters
         n = len(self.w_dn_ul[lv])
         if lv < NUM_LEVELS - 1 and n:
-            _put_cell(cache.ul_dn[0], ix.cell, _concat_elu_rows(ul))
+            _put_cell(cache.ul_dn[0], ix.cell, F.elu(ul))
         for d, sw in enumerate(self.w_dn_ul[lv]):
             aux = [_gather(cache.u_dn[d + 1], ix.cell), _gather(cache.ul_up[n - 1 - d], ix.cell)]
             ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], ix, aux)
             if d + 1 < n:
-                _put_cell(cache.ul_dn[d + 1], ix.cell, _concat_elu_rows(ul))
+                _put_cell(cache.ul_dn[d + 1], ix.cell, F.elu(ul))
         if lv > 0:
-            _index_write(cache.ul_out_raw, 1, ix.out, ul.view(self.batch, 1, self.filters))
+            _index_write(cache.ul_out_raw, 1, ix.out, ul[:, :f].view(self.batch, 1, f))
         return ul
 
     def _gated_pixel(
@@ -973,8 +1001,8 @@ class PixelCNNppStepper(Stepper):
         ix: _LevelIndex,
         aux: list[torch.Tensor],
     ) -> torch.Tensor:
-        """One gated block at the current cell: ul (B, F) raw input, its concat_elu already
-        in ring_in; the hidden layer goes to ring_c1. Returns the raw output (B, F)."""
+        """One gated block at the current cell: ul (B, 2F) raw input pair, its concat_elu
+        already in ring_in; the hidden layer goes to ring_c1. Returns the raw output pair."""
         hidden = GatedResnet.step_hidden(sw, _gather(ring_in, ix.win), aux)
         _put_cell(ring_c1, ix.cell, hidden)
-        return GatedResnet.step_out(sw, ul, _gather(ring_c1, ix.win))
+        return GatedResnet.step_out_pair(sw, ul, _gather(ring_c1, ix.win))
