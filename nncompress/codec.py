@@ -95,10 +95,11 @@ class TileJob(abc.ABC):
     @abc.abstractmethod
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
         """tiles: (n,) indices of this job's tiles that have a pixel at (y, x);
-        probs: (n, 256) float32 PMFs of channel c there. Returns (n,) int64 symbols."""
+        probs: (n, 256) PMFs of channel c there (float32 values, in float32 or float64).
+        Returns (n,) int64 symbols."""
 
     def _account(self, probs: np.ndarray, symbols: np.ndarray) -> None:
-        p = probs[np.arange(len(symbols)), symbols].astype(np.float64)
+        p = np.take_along_axis(probs, symbols[:, None], axis=1).astype(np.float64, copy=False)
         self.info_bits -= float(np.log2(p).sum())
 
 
@@ -212,8 +213,12 @@ class ChannelPmfs:
         cuda = device.type == "cuda"
         self.prev_host = torch.zeros(n, channels, dtype=torch.int64, pin_memory=cuda)
         self.prev = self.prev_host.to(device) if cuda else self.prev_host
+        # float64: widened on the device (exactly), as the range coder takes them.
         self.tables = (
-            [torch.zeros(n, NUM_SYMBOLS, pin_memory=True) for _ in range(channels)]
+            [
+                torch.zeros(n, NUM_SYMBOLS, dtype=torch.float64, pin_memory=True)
+                for _ in range(channels)
+            ]
             if cuda
             else None
         )
@@ -240,7 +245,7 @@ class ChannelPmfs:
             self.prev.copy_(self.prev_host, non_blocking=True)
         pmf = self.dist.coding_pmf(self.params, c, self.prev, self.state)
         if self.tables is not None:
-            self.tables[c].copy_(pmf, non_blocking=True)
+            self.tables[c].copy_(pmf.double(), non_blocking=True)
         return pmf
 
 
@@ -285,7 +290,7 @@ def _run_batch(
         pmfs.set_params(stepper.params_at(y, x))  # (n, P) on device
         coded = [_coded_rows(job, lo, hi, t0, valid) for job, lo, hi, t0 in spans]
         for c in range(channels):
-            probs = pmfs(c, values)  # (n, 256) float32
+            probs = pmfs(c, values)  # (n, 256), float32 values
             for job, rows, tiles in coded:
                 if len(tiles):
                     values[rows, c] = job.exchange(tiles, y, x, c, probs[rows])

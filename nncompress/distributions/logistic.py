@@ -31,7 +31,8 @@ LOG_SCALE_MIN = -7.0
 # (error ~ d / 2 < 2e-7), and exp(log d) would start to underflow.
 _LOG_D_SMALL = -15.0
 _LN2 = math.log(2.0)
-# Smallest positive float32: the floor of inverse scales (infinite bin edges stay infinite).
+# Smallest positive normal float32: the floor of inverse scales (infinite bin edges stay
+# infinite) and of component probabilities in the coder's posterior (see coding_pmf).
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -179,8 +180,12 @@ class DiscretizedLogisticMixture(Distribution):
     ) -> torch.Tensor:
         """``channel_pmf`` incrementally: channel 0 unpacks the parameters into ``state``;
         each later channel adds every component's log-probability of the value just
-        decoded to the running mixture log-weights (in the stable log form of the loss: a
-        table entry may underflow) and couples its mean to the scaled decoded values."""
+        decoded, read from the previous channel's component table, to the running mixture
+        log-weights, and couples its mean to the scaled decoded values. Table entries are
+        accurate down to float32's smallest normal number (bins are differences of small
+        numbers, see _component_pmfs) and floored there: where every component puts less
+        on the decoded value (a symbol that cost ~23 bits or more), the weights of the
+        next channels stay those before it instead of the exact posterior's."""
         if "edges" not in state:  # constants, made once (coding_state makes them up front)
             state.update(self.coding_state(params.device))
         if c == 0:
@@ -191,8 +196,9 @@ class DiscretizedLogisticMixture(Distribution):
             mean = means[:, 0]
         else:
             x = prev[:, c - 1 : c]  # (N, 1) the value of channel c-1, just decoded
-            term = self._component_log_probs(x, state["mean"], state["log_scales"][:, c - 1])
-            state["log_w"] = state["log_w"] + term
+            comp = state["components"]  # (N, M, 256)
+            p = comp.gather(2, x.unsqueeze(1).expand(-1, comp.shape[1], 1)).squeeze(2)
+            state["log_w"] = state["log_w"] + torch.log(p.clamp_min(_TINY))
             state[f"scaled{c - 1}"] = scale_pixels(x)
             coeffs, s0 = state.get("coeffs"), state["scaled0"]
             mean = state["means"][:, c]
@@ -200,10 +206,10 @@ class DiscretizedLogisticMixture(Distribution):
                 mean = mean + coeffs[:, 0] * s0
             else:
                 mean = mean + coeffs[:, 1] * s0 + coeffs[:, 2] * state["scaled1"]
-        state["mean"] = mean
+        comp = self._component_pmfs(mean, state["log_scales"][:, c], state["edges"])
+        state["components"] = comp
         weights = torch.softmax(state["log_w"], dim=1)
-        pmf = self._mixture_pmf(weights, mean, state["log_scales"][:, c], state["edges"])
-        return floor_and_normalize(pmf)
+        return floor_and_normalize(torch.bmm(weights.unsqueeze(1), comp).squeeze(1))
 
     def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {"edges": _bin_edges(device)}

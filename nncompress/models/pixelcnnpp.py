@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -605,7 +606,8 @@ class _LevelIndex:
     SIZE = 15
 
     @staticmethod
-    def values(p: int, q: int) -> tuple[int, ...]:
+    def values(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The entries for positions p, q (int64 arrays of one shape), in field order."""
         s = p & 1
         a = 1 - s
         return (
@@ -640,7 +642,7 @@ class _ImageIndex:
     col: torch.Tensor  # (1,) x: the column of ul_top_b
     win: torch.Tensor  # (2,) the image ring at padded column x (pixel x-1), rows y-1, y
     cell: torch.Tensor  # (1,) padded column x, slot y % 2: where the pixel left of x goes
-    pos: torch.Tensor  # (1,) flat canvas position of the pixel left of x
+    pos: torch.Tensor  # (1,) flat canvas position of the pixel before (y, x) in raster order
     row: torch.Tensor  # (1,) row start: y - 1, the image row that enters the ring
     order: torch.Tensor  # (2,) row start: the slots of rows y-2, y-1
     slot: torch.Tensor  # (1,) row start: the slot of row y-1
@@ -648,14 +650,15 @@ class _ImageIndex:
     SIZE = 9
 
     @staticmethod
-    def values(y: int, x: int, width: int) -> tuple[int, ...]:
+    def values(y: np.ndarray, x: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
+        """The entries for positions y, x (int64 arrays of one shape), in field order."""
         s, sp = y & 1, (y - 1) & 1
         return (
             x,
             *(2 * x + 1 - s, 2 * x + s),
             2 * x + s,
-            max(y * width + x - 1, 0),
-            max(y - 1, 0),
+            np.maximum(y * width + x - 1, 0),
+            np.maximum(y - 1, 0),
             *(1 - sp, sp),
             sp,
         )
@@ -665,6 +668,14 @@ class _ImageIndex:
         return _ImageIndex(
             index[0:1], index[1:3], index[3:4], index[4:5], index[5:6], index[6:8], index[8:9]
         )
+
+
+def _index_table(height: int, width: int) -> np.ndarray:
+    """(height * width, L) int64: the step index of every raster position."""
+    y, x = (a.ravel().astype(np.int64) for a in np.mgrid[:height, :width])
+    cols = [v for lv in range(NUM_LEVELS) for v in _LevelIndex.values(y >> lv, x >> lv)]
+    cols += _ImageIndex.values(y, x, width)
+    return np.ascontiguousarray(np.stack(cols, axis=1))
 
 
 def _levels_at(y: int, x: int) -> int:
@@ -760,19 +771,17 @@ class PixelCNNppStepper(Stepper):
         self.pix_in = like.new_ones(batch, c + 1)
         self.out = like.new_zeros(batch, model.distribution.num_params)
         self.params_buffer = self.out
-        # The index (see _fill_index): a device tensor filled from a host buffer before
-        # every step; an event guards the host buffer until the copy has read it.
+        # The index: one row of ``index_table`` per raster position, copied into ``index``
+        # (which the step's kernels read) before every step.
         cuda = like.device.type == "cuda"
-        size = NUM_LEVELS * _LevelIndex.SIZE + _ImageIndex.SIZE
-        self.index_host = torch.zeros(size, dtype=torch.int64, pin_memory=cuda)
-        self.index = torch.zeros(size, dtype=torch.int64, device=like.device)
-        self._index_copied = torch.cuda.Event() if cuda else None
+        self.index_table = torch.from_numpy(_index_table(height, width)).to(like.device)
+        self.index = self.index_table[0].clone()
         n = _LevelIndex.SIZE
         self.lv_ix = [_LevelIndex.of(self.index[lv * n : (lv + 1) * n]) for lv in range(3)]
         self.img_ix = _ImageIndex.of(self.index[NUM_LEVELS * n :])
         # The slots of rows 2p-1, 2p of the level below, for the stride-2 row convs.
         self.bottom_up = torch.tensor([1, 0], device=like.device)
-        # Values written from the host go through a pinned buffer (see write).
+        # The values written last (see write), from the host through a pinned buffer.
         self.values_host = torch.zeros(batch, c, dtype=torch.uint8, pin_memory=cuda)
         self.values = torch.zeros(batch, c, dtype=torch.uint8, device=like.device)
         self._values_copied = torch.cuda.Event() if cuda else None
@@ -790,8 +799,8 @@ class PixelCNNppStepper(Stepper):
                 f"PixelCNN++ stepper: params_at({y}, {x}) out of raster order "
                 f"(expected index {self._next})"
             )
+        self.index.copy_(self.index_table[self._next])
         self._next += 1
-        self._fill_index(y, x)
         if x == 0:
             self._row_start(y)
         n, first = _levels_at(y, x), x == 0
@@ -799,33 +808,30 @@ class PixelCNNppStepper(Stepper):
 
     @torch.no_grad()
     def write(self, y: int, x: int, values: torch.Tensor) -> None:
-        """values: (B, C) integer in [0, 255]; from the host, without a device sync."""
-        if values.device == self.canvas.device:
-            return super().write(y, x, values)
+        """values: (B, C) integer in [0, 255], for the position of the latest params_at.
+        They reach the canvas in the next step's kernels (which read them first), so the
+        canvas holds every value written before the latest params_at; from the host they
+        go through a pinned buffer, without a device sync."""
+        if values.device == self.values.device:
+            self.values.copy_(values)
+            return
         if self._values_copied is not None:
             self._values_copied.synchronize()  # the buffer's last copy has been read
         self.values_host.copy_(values)
         self.values.copy_(self.values_host, non_blocking=True)
-        self.canvas[:, :, y, x].copy_(self.values)
         if self._values_copied is not None:
             self._values_copied.record()
 
-    def _fill_index(self, y: int, x: int) -> None:
-        """The positions step (y, x) reads and writes, into ``index``."""
-        if self._index_copied is not None:
-            self._index_copied.synchronize()  # the host buffer's last copy has been read
-        h = self.index_host.numpy()
-        n = _LevelIndex.SIZE
-        for lv in range(NUM_LEVELS):
-            h[lv * n : (lv + 1) * n] = _LevelIndex.values(y >> lv, x >> lv)
-        h[NUM_LEVELS * n :] = _ImageIndex.values(y, x, self.width)
-        self.index.copy_(self.index_host, non_blocking=True)
-        if self._index_copied is not None:
-            self._index_copied.record()
+    def _store_last(self) -> None:
+        """The values written last into the canvas, at the position before this step (at
+        the first step: zeros over the canvas's zeros)."""
+        b, c = self.values.shape
+        _index_write(self.canvas.view(b, c, -1), 2, self.img_ix.pos, self.values.view(b, c, 1))
 
     def _pixel_step(self, n: int, first: bool) -> torch.Tensor:
         """The ul stream at one position where ``n`` levels compute; ``first``: x == 0.
         Writes and returns ``out``. The ul values here are pairs [x, -x], (B, 2F)."""
+        self._store_last()
         ul = self._ul_level0(first)
         for lv in range(1, n):
             ul_lv = self._ul_up(lv, self._ul_downsample(lv))
@@ -856,6 +862,7 @@ class PixelCNNppStepper(Stepper):
 
     def _row_work(self, n: int, first_rows: int | None) -> torch.Tensor:
         """The row start where levels 0..n-1 start a row; ``first_rows``: y if y < 2."""
+        self._store_last()
         last = [self._u_up(0, self._image_rows(first_rows))]
         for lv in range(1, n):
             below = self.levels[lv - 1].u_last_raw  # rows 2p-1, 2p: bottom-up in the ring
@@ -950,8 +957,7 @@ class PixelCNNppStepper(Stepper):
             ul = self.ul_top[:, 0, :]
         else:
             c, ix = self.model.channels, self.img_ix
-            pixel = self.canvas.view(self.batch, c, -1).index_select(2, ix.pos)
-            self.pix_in[:, :c] = scale_pixels(pixel.view(self.batch, c))
+            self.pix_in[:, :c] = scale_pixels(self.values)  # the pixel left of x
             _put_cell(self.x_ring, ix.cell, self.pix_in)
             # The 2x1 conv at column x-1 (padded column x), rows y-1, y.
             top = self.ul_top_b.index_select(1, ix.col).view(self.batch, -1)
