@@ -279,16 +279,22 @@ def _run_batch(
     mirror = np.zeros((n, channels, tile_h, tile_w), dtype=np.int64)
     slots = np.arange(n)
     edge = stepper.padding == "edge"
+    # Every slot a whole tile (no padding, no filler): every position codes every slot.
+    whole = bool((vh == tile_h).all() and (vw == tile_w).all())
+    every = [_coded_rows(job, lo, hi, t0, np.ones(n, bool)) for job, lo, hi, t0 in spans]
     for y, x in stepper.order():
-        valid = (y < vh) & (x < vw)
-        if edge:
-            sy = np.clip(np.minimum(y, vh - 1), 0, None)
-            sx = np.clip(np.minimum(x, vw - 1), 0, None)
-            values = mirror[slots, :, sy, sx]  # (n, C): padding; valid rows get overwritten
+        if whole:
+            values, coded = np.zeros((n, channels), dtype=np.int64), every
         else:
-            values = np.zeros((n, channels), dtype=np.int64)
+            valid = (y < vh) & (x < vw)
+            if edge:
+                sy = np.clip(np.minimum(y, vh - 1), 0, None)
+                sx = np.clip(np.minimum(x, vw - 1), 0, None)
+                values = mirror[slots, :, sy, sx]  # (n, C): padding; coded rows are overwritten
+            else:
+                values = np.zeros((n, channels), dtype=np.int64)
+            coded = [_coded_rows(job, lo, hi, t0, valid) for job, lo, hi, t0 in spans]
         pmfs.set_params(stepper.params_at(y, x))  # (n, P) on device
-        coded = [_coded_rows(job, lo, hi, t0, valid) for job, lo, hi, t0 in spans]
         for c in range(channels):
             probs = pmfs(c, values)  # (n, 256), float32 values
             for job, rows, tiles in coded:

@@ -642,6 +642,7 @@ class _ImageIndex:
     col: torch.Tensor  # (1,) x: the column of ul_top_b
     win: torch.Tensor  # (2,) the image ring at padded column x (pixel x-1), rows y-1, y
     cell: torch.Tensor  # (1,) padded column x, slot y % 2: where the pixel left of x goes
+    # (at x = 0, where there is none: a spare column right of the ring's padding)
     pos: torch.Tensor  # (1,) flat canvas position of the pixel before (y, x) in raster order
     row: torch.Tensor  # (1,) row start: y - 1, the image row that enters the ring
     order: torch.Tensor  # (2,) row start: the slots of rows y-2, y-1
@@ -656,7 +657,7 @@ class _ImageIndex:
         return (
             x,
             *(2 * x + 1 - s, 2 * x + s),
-            2 * x + s,
+            np.where(x > 0, 2 * x, 2 * (width + 2)) + s,
             np.maximum(y * width + x - 1, 0),
             np.maximum(y - 1, 0),
             *(1 - sp, sp),
@@ -717,10 +718,11 @@ class PixelCNNppStepper(Stepper):
     rebuild the stepper after changing the weights.
 
     Positions reach the kernels only through ``index`` (which cells, slots and taps to read
-    and write), filled from the host before every step. So the work of a step depends on
-    the position only through a small key: for a pixel, how many levels compute and whether
-    x = 0 (6 keys); for a row start (y >= 2), how many levels start a row (3 keys). The
-    runner replays those (as CUDA graphs on CUDA).
+    and write), filled before every step. So the work of a step depends on the position
+    only through a small key: for a pixel, how many levels compute (3 keys); for a row
+    start (y >= 2), how many levels start a row (3 keys). The runner replays those (as CUDA
+    graphs on CUDA). Column 0 runs the same kernels as the others: its window of the image
+    ring is the zero padding, and the 2x1 conv's bias is left out of column 0 of ul_top_b.
     """
 
     def __init__(self, model: PixelCNNpp, batch: int, height: int, width: int) -> None:
@@ -756,16 +758,21 @@ class PixelCNNppStepper(Stepper):
         top.u_dn[0] = top.u_up[-1]
         if top.ul_dn:
             top.ul_dn[0] = top.ul_up[-1]
-        # Image ring (B, W+2, 2, C+1): scaled pixels plus the constant ones channel.
+        # Image ring (B, W+3, 2, C+1): scaled pixels plus the constant ones channel; the
+        # last column is spare (column 0's pixel step writes its nonexistent left pixel
+        # there), the rest is the padded row.
         c = model.channels
         # Slot 0 (row 0) has its constant channel from the start; slot 1 is the zero padding
         # above row 0 until row 1 arrives (see _image_rows).
-        self.x_ring = _new_ring(batch, width + 2, c + 1, like)
+        self.x_ring = _new_ring(batch, width + 3, c + 1, like)
         self.x_ring[:, 1 : width + 1, 0, c] = 1.0
         # ul at level 0 from the row above (1x3 conv), per row, as pairs; with the 2x1
         # conv's bias folded in for the columns where that conv contributes.
         self.ul_top = like.new_zeros(batch, width, 2 * self.filters)
         self.ul_top_b = like.new_zeros(batch, width, 2 * self.filters)
+        # The 2x1 conv is right-shifted (zero in column 0): its bias from column 1 on.
+        self.left_bias = self.w_ul_left.bias.expand(width, -1).clone()
+        self.left_bias[0] = 0.0
         # The pixel left of the current one, scaled, with the constant channel (always one
         # in rows the pixel steps write).
         self.pix_in = like.new_ones(batch, c + 1)
@@ -803,8 +810,8 @@ class PixelCNNppStepper(Stepper):
         self._next += 1
         if x == 0:
             self._row_start(y)
-        n, first = _levels_at(y, x), x == 0
-        return self.runner(("pixel", n, first), lambda: self._pixel_step(n, first))
+        n = _levels_at(y, x)
+        return self.runner(("pixel", n), lambda: self._pixel_step(n))
 
     @torch.no_grad()
     def write(self, y: int, x: int, values: torch.Tensor) -> None:
@@ -828,11 +835,11 @@ class PixelCNNppStepper(Stepper):
         b, c = self.values.shape
         _index_write(self.canvas.view(b, c, -1), 2, self.img_ix.pos, self.values.view(b, c, 1))
 
-    def _pixel_step(self, n: int, first: bool) -> torch.Tensor:
-        """The ul stream at one position where ``n`` levels compute; ``first``: x == 0.
-        Writes and returns ``out``. The ul values here are pairs [x, -x], (B, 2F)."""
+    def _pixel_step(self, n: int) -> torch.Tensor:
+        """The ul stream at one position where ``n`` levels compute. Writes and returns
+        ``out``. The ul values here are pairs [x, -x], (B, 2F)."""
         self._store_last()
-        ul = self._ul_level0(first)
+        ul = self._ul_level0()
         for lv in range(1, n):
             ul_lv = self._ul_up(lv, self._ul_downsample(lv))
             if lv == NUM_LEVELS - 1:
@@ -916,16 +923,16 @@ class PixelCNNppStepper(Stepper):
         else:
             row = self.canvas.index_select(2, ix.row)[:, :, 0, :]  # (B, C, W)
             _put_slot(self.x_ring[..., :c], ix.slot, scale_pixels(row).permute(0, 2, 1))
-            u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, ix.order)
-            one_row = self.x_ring.index_select(2, ix.slot)
+            padded = self.x_ring[:, : self.width + 2]
+            u = ShiftedConv2d.step_row(self.w_u_init, padded, ix.order)
+            one_row = padded.index_select(2, ix.slot)
             top = ShiftedConv2d.step_row(self.w_ul_top, one_row, None)
             self.ul_top.copy_(top.view(self.batch, self.width, -1))
         if first_rows == 1:
             # Slot 1 stood for the zero padding above row 0 until now; from here on it
             # holds image rows, whose constant channel is one.
             self.x_ring[:, 1 : self.width + 1, 1, c] = 1.0
-        # The 2x1 conv (right-shifted: zero in column 0) contributes its bias from column 1.
-        torch.add(self.ul_top, self.w_ul_left.bias, out=self.ul_top_b)
+        torch.add(self.ul_top, self.left_bias, out=self.ul_top_b)
         return u
 
     def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:
@@ -951,17 +958,14 @@ class PixelCNNppStepper(Stepper):
 
     # -- ul stream: one position per level ---------------------------------------------
 
-    def _ul_level0(self, first: bool) -> torch.Tensor:
+    def _ul_level0(self) -> torch.Tensor:
         """Up pass of ul at level 0; returns the last node (B, 2F) raw, as a pair."""
-        if first:
-            ul = self.ul_top[:, 0, :]
-        else:
-            c, ix = self.model.channels, self.img_ix
-            self.pix_in[:, :c] = scale_pixels(self.values)  # the pixel left of x
-            _put_cell(self.x_ring, ix.cell, self.pix_in)
-            # The 2x1 conv at column x-1 (padded column x), rows y-1, y.
-            top = self.ul_top_b.index_select(1, ix.col).view(self.batch, -1)
-            ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _gather(self.x_ring, ix.win))
+        c, ix = self.model.channels, self.img_ix
+        self.pix_in[:, :c] = scale_pixels(self.values)  # the pixel left of x
+        _put_cell(self.x_ring, ix.cell, self.pix_in)
+        # The 2x1 conv at column x-1 (padded column x), rows y-1, y: zero at x = 0.
+        top = self.ul_top_b.index_select(1, ix.col).view(self.batch, -1)
+        ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _gather(self.x_ring, ix.win))
         return self._ul_up(0, ul)
 
     def _ul_downsample(self, lv: int) -> torch.Tensor:
