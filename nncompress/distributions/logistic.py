@@ -186,8 +186,6 @@ class DiscretizedLogisticMixture(Distribution):
         numbers, see _component_pmfs) and floored there: where every component puts less
         on the decoded value (a symbol that cost ~23 bits or more), the weights of the
         next channels stay those before it instead of the exact posterior's."""
-        if "edges" not in state:  # constants, made once (coding_state makes them up front)
-            state.update(self.coding_state(params.device))
         if c == 0:
             logits, means, log_scales, coeffs = self._unpack(params)
             state.update(log_w=logits, means=means, log_scales=log_scales)
@@ -206,7 +204,7 @@ class DiscretizedLogisticMixture(Distribution):
                 mean = mean + coeffs[:, 0] * s0
             else:
                 mean = mean + coeffs[:, 1] * s0 + coeffs[:, 2] * state["scaled1"]
-        comp = self._component_pmfs(mean, state["log_scales"][:, c], state["edges"])
+        comp = self._component_pmfs(mean, state["log_scales"][:, c], state.get("edges"))
         state["components"] = comp
         weights = torch.softmax(state["log_w"], dim=1)
         return floor_and_normalize(torch.bmm(weights.unsqueeze(1), comp).squeeze(1))
