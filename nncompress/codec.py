@@ -281,7 +281,8 @@ def _run_batch(
     edge = stepper.padding == "edge"
     # Every slot a whole tile (no padding, no filler): every position codes every slot.
     whole = bool((vh == tile_h).all() and (vw == tile_w).all())
-    every = [_coded_rows(job, lo, hi, t0, np.ones(n, bool)) for job, lo, hi, t0 in spans]
+    if whole:
+        every = [_coded_rows(job, lo, hi, t0, np.ones(n, bool)) for job, lo, hi, t0 in spans]
     for y, x in stepper.order():
         if whole:
             values, coded = np.zeros((n, channels), dtype=np.int64), every

@@ -548,11 +548,6 @@ def _slot(ring: torch.Tensor, slot: torch.Tensor, width: int) -> torch.Tensor:
     return ring[:, 1 : width + 1].index_select(2, slot)[:, :, 0]
 
 
-def _concat_elu_rows(x: torch.Tensor) -> torch.Tensor:
-    """concat_elu along the last dim: (..., F) -> (..., 2F)."""
-    return F.elu(torch.cat([x, -x], dim=-1))
-
-
 class _LevelCache:
     """The caches of one resolution level (level l: H_l x W_l, F filters, R blocks, n_l
     down-pass blocks). All rings hold concat_elu'd values unless named raw.
@@ -784,7 +779,7 @@ class PixelCNNppStepper(Stepper):
         self.index_table = torch.from_numpy(_index_table(height, width)).to(like.device)
         self.index = self.index_table[0].clone()
         n = _LevelIndex.SIZE
-        self.lv_ix = [_LevelIndex.of(self.index[lv * n : (lv + 1) * n]) for lv in range(3)]
+        self.lv_ix = [_LevelIndex.of(self.index[lv * n : (lv + 1) * n]) for lv in range(NUM_LEVELS)]
         self.img_ix = _ImageIndex.of(self.index[NUM_LEVELS * n :])
         # The slots of rows 2p-1, 2p of the level below, for the stride-2 row convs.
         self.bottom_up = torch.tensor([1, 0], device=like.device)
@@ -937,7 +932,7 @@ class PixelCNNppStepper(Stepper):
 
     def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:
         """concat_elu of a raw row u (B*W, F) into slot ``slot`` of a ring."""
-        _put_slot(ring, slot, _concat_elu_rows(u.view(self.batch, -1, self.filters)))
+        _put_slot(ring, slot, concat_elu(u.view(self.batch, -1, self.filters), dim=-1))
 
     def _gated_row(
         self,
