@@ -239,7 +239,7 @@ def _model_config(
     type=click.IntRange(1),
     default=500,
     show_default=True,
-    help="Validate every N steps.",
+    help="Validate (EMA weights, fp32 as the coder runs) every N steps.",
 )
 @click.option(
     "--log-every",
