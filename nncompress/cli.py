@@ -32,6 +32,15 @@ class _Fail(click.ClickException):
     exit_code = EXIT_USER_ERROR
 
 
+def _out_of_memory(e: Exception) -> bool:
+    """torch's allocator failing, on a GPU (OutOfMemoryError) or on the CPU."""
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    )
+
+
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our errors into one-line messages; hide tracebacks of internal errors too."""
 
@@ -49,6 +58,14 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as e:  # noqa: BLE001 — the promise is: never a traceback
+            if _out_of_memory(e) and not os.environ.get(DEBUG_ENV):
+                text = str(e).strip()
+                first = text.splitlines()[0][:120] if text else type(e).__name__
+                raise _Fail(
+                    f"out of memory ({first}): the tiles of all images given together share "
+                    "each batch; encode fewer or smaller images per call or use a lower "
+                    "--max-batch (a file decodes with the batch size it was encoded with)"
+                ) from None
             if os.environ.get(DEBUG_ENV):
                 raise
             click.echo(
@@ -166,11 +183,19 @@ _device_option = click.option(
     default=None,
     help="Tile size in pixels (default: the model's).",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    metavar="N",
+    help="Most tiles per batch step (default: 512 on CPU, 2048 on CUDA). Memory grows with "
+    "it, and the decoder needs what the encoder needed: lower it for small GPUs.",
+)
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @_progress_option
 @_handle_errors
-def encode(inputs, output, model, device, tile, force, quiet, progress) -> None:
+def encode(inputs, output, model, device, tile, max_batch, force, quiet, progress) -> None:
     """Compress images (PNG, WebP, ... or - for stdin) to .nnc files.
 
     All inputs are coded together, in one schedule, and each gets its own file (default:
@@ -194,7 +219,12 @@ def encode(inputs, output, model, device, tile, force, quiet, progress) -> None:
             raise _Fail(f"{src}: {e}") from None
     lm = api.load_model(model) if model else None
     results = api.compress_detailed(
-        images, lm, device, tile, progress=api._tqdm_factory if _progress(progress) else None
+        images,
+        lm,
+        device,
+        tile,
+        max_batch,
+        progress=api._tqdm_factory if _progress(progress) else None,
     )
     for src, dst, im, res in zip(inputs, outs, images, results):
         _write_output(dst, res.data, force)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import fitted_histogram, random_image
 from PIL import Image
@@ -181,3 +182,51 @@ def test_file_encoded_on_another_device_kind_is_refused(tmp_path, model_dir):
     r = run("decode", str(tmp_path / "g.nnc"), "-o", str(tmp_path / "o.png"), "--device", "cpu")
     one_line_error(r, "encoded on cuda")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_max_batch_bounds_the_batch_and_the_file_still_decodes(tmp_path, model_dir):
+    src = png(tmp_path / "a.png", size=(40, 24))  # 8x8 tiles: 5 x 3 = 15 tiles
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "--tile", "8")
+    assert r.exit_code == 0, r.output
+    (whole,) = json.loads(run("info", str(tmp_path / "a.nnc"), "--json").output)
+    nnc = tmp_path / "b.nnc"
+    r = run(
+        "encode", str(src), "-o", str(nnc), "-m", "hist-rgb", "--device", "cpu",
+        "--tile", "8", "--max-batch", "4", "--force",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (small,) = json.loads(run("info", str(nnc), "--json").output)
+    assert whole["batch_slots"] == 15 and small["batch_slots"] == 4
+    out = tmp_path / "b.png"
+    assert run("decode", str(nnc), "-o", str(out)).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(src)))
+    bad = run("encode", str(src), "--max-batch", "0", "-f")
+    assert bad.exit_code == 2 and "Invalid value for '--max-batch'" in bad.output
+
+
+@pytest.mark.parametrize(
+    "error, shown",
+    [
+        (MemoryError(), "out of memory (MemoryError)"),
+        (
+            RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: 9e9 bytes."),
+            "out of memory ([enforce fail] DefaultCPUAllocator",
+        ),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB."),
+            "out of memory (CUDA out of memory. Tried to allocate 8.00 GiB.)",
+        ),
+    ],
+)
+def test_running_out_of_memory_is_a_user_error_with_advice(
+    tmp_path, model_dir, monkeypatch, error, shown
+):
+    def fail(*args, **kwargs):
+        raise error
+
+    src = png(tmp_path / "a.png")
+    monkeypatch.setattr("nncompress.api.compress_detailed", fail)
+    r = CliRunner().invoke(main, ["encode", str(src), "-m", "hist-rgb", "--device", "cpu"])
+    one_line_error(r, shown)
+    assert r.exit_code == 1 and "--max-batch" in r.output
+    assert not (tmp_path / "a.nnc").exists()
