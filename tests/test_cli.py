@@ -122,6 +122,19 @@ def test_truncated_file_and_wrong_model(tmp_path, model_dir):
     one_line_error(r, "was encoded with model 'hist-rgb'")
 
 
+def test_corrupted_or_foreign_model_file_is_one_line(tmp_path, model_dir):
+    src = png(tmp_path / "a.png")
+    good = (model_dir / "hist-rgb.safetensors").read_bytes()
+    bad = bytearray(good)
+    bad[-1] ^= 0x01
+    (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
+    (tmp_path / "foreign.safetensors").write_bytes(b"not a model at all")
+    for name, needle in [("bad", "do not match their digest"), ("foreign", "not a readable")]:
+        r = run("encode", str(src), "-m", str(tmp_path / f"{name}.safetensors"))
+        one_line_error(r, needle)
+        assert r.exit_code == 1 and not (tmp_path / "a.nnc").exists()
+
+
 def test_flipped_payload_bit_is_detected(tmp_path, model_dir):
     src = png(tmp_path / "a.png", size=(40, 30))
     run("encode", str(src), "-m", "hist-rgb")

@@ -202,6 +202,35 @@ def test_model_file_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded.params(x), model.params(x))
 
 
+def test_corrupted_truncated_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from nncompress.errors import ModelFileError
+
+    good = tmp_path / "p.safetensors"
+    save_model(make_model(nr_mix=3), good, info={"tile": [8, 8]})
+    raw = good.read_bytes()
+    flipped = bytearray(raw)
+    flipped[-5] ^= 0x10  # a bit of the last weight tensor
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign), metadata={"format": "pt"})
+    cases = {
+        "flipped.safetensors": (bytes(flipped), "weights do not match their digest"),
+        "short.safetensors": (raw[: len(raw) // 2], "not a readable model file"),
+        "png.safetensors": (b"\x89PNG\r\n\x1a\n" + bytes(100), "not a readable model file"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    for name, (_, needle) in cases.items():
+        with pytest.raises(ModelFileError) as e:
+            load_model_file(tmp_path / name)
+        assert needle in str(e.value) and name in str(e.value)
+    with pytest.raises(ModelFileError, match="not an nncompress model file"):
+        load_model_file(foreign)
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_model_file(tmp_path / "missing.safetensors")
+
+
 PIXEL_KEYS = {("pixel", n) for n in (1, 2, 3)}
 ROW_KEYS = {("row", n) for n in (1, 2, 3)}
 

@@ -637,3 +637,33 @@ def test_trained_pixelcnnpp_round_trips_through_the_api(tmp_path: Path, photo_di
     data = api.compress(image, model=lm, device="cpu")
     back = api.decompress(data, model=lm, device="cpu")
     assert np.array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_torchrun_trains_with_two_processes_on_cpu(tmp_path: Path, photo_dir: Path) -> None:
+    """DistributedDataParallel under torchrun (gloo on CPU): both ranks train one model
+    (the run checks at the end that the replicas agree), rank 0 writes it, and it codes."""
+    import os
+    import subprocess
+    import sys
+
+    from nncompress import api
+
+    out = tmp_path / "ddp.safetensors"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--standalone", "-m", "nncompress.train.cli", str(photo_dir), "-o", str(out),
+        "--nr-resnet", "1", "--nr-filters", "8", "--nr-mix", "2", "--dropout", "0",
+        "--crop", "8", "--batch", "4", "--steps", "24", "--lr", "1e-2", "--warmup", "2",
+        "--val-fraction", "0.2", "--val-every", "12", "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lm = load_model_file(out)
+    assert lm.info["batch"] == 8 and lm.info["device"].startswith("2 x cpu")
+    log = json.loads(out.with_suffix(".log.json").read_text())
+    vals = [e["val_bpd"] for e in log["curve"] if e["val_bpd"] is not None]
+    assert len(vals) >= 2 and vals[-1] < vals[0] - 0.5
+    image = Image.fromarray(smooth_image(11, 9, 7))
+    back = api.decompress(api.compress(image, model=lm, device="cpu"), model=lm, device="cpu")
+    assert np.array_equal(np.asarray(back), np.asarray(image))
