@@ -332,6 +332,9 @@ class ScoreResult:
 
     bits_per_subpixel: float
     bits_map: np.ndarray  # (H, W) float32: bits of each pixel, channels summed
+    subpixels: int = 0  # height * width * coded channels (totals over many images weigh by it)
+    model_name: str = ""
+    tile: tuple[int, int] = (0, 0)
 
 
 def iter_scores(
@@ -360,7 +363,7 @@ def iter_scores(
                 lp = net.log_prob(tiles[s : s + max_batch].to(dev))  # (b, C, th, tw) nats
                 bits.append((-lp.sum(1) / math.log(2)).float().cpu())
         bmap = grid.join(torch.cat(bits).unsqueeze(1).numpy())[0]
-        yield ScoreResult(float(bmap.sum() / pic.subpixels), bmap)
+        yield ScoreResult(float(bmap.sum() / pic.subpixels), bmap, pic.subpixels, lm.name, (th, tw))
 
 
 def score_detailed(

@@ -400,7 +400,18 @@ def score(inputs, model, device, tile, heatmap, as_json, force) -> None:
 
     rows = []
     for src, res in zip(inputs, api.iter_scores(opened(), model, device, tile)):
-        rows.append({"path": src, "bits_per_subpixel": res.bits_per_subpixel})
+        h, w = res.bits_map.shape
+        rows.append(
+            {
+                "path": src,
+                "bits_per_subpixel": res.bits_per_subpixel,
+                "width": w,
+                "height": h,
+                "subpixels": res.subpixels,
+                "model": res.model_name,
+                "tile": list(res.tile),
+            }
+        )
         if heatmap:
             dst = heatmap if len(inputs) == 1 else str(Path(heatmap) / (Path(src).stem + ".png"))
             _write_output(dst, _heatmap_png(res.bits_map), force)

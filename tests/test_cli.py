@@ -169,6 +169,12 @@ def test_score_json_and_heatmap(tmp_path, model_dir):
     rows = json.loads(r.output)
     assert rows[0]["path"] == str(src) and 0 < rows[0]["bits_per_subpixel"] < 9
     assert Image.open(heat).size == (21, 13)
+    assert (rows[0]["width"], rows[0]["height"], rows[0]["subpixels"]) == (21, 13, 21 * 13 * 3)
+    assert rows[0]["model"] == "hist-rgb" and len(rows[0]["tile"]) == 2
+    # the score predicts the coded size: same tiles, same model
+    assert run("encode", str(src), "-m", "hist-rgb", "--device", "cpu").exit_code == 0
+    (info,) = json.loads(run("info", str(tmp_path / "a.nnc"), "--json").output)
+    assert "x".join(map(str, rows[0]["tile"])) == info["tile"]
 
 
 def test_sample_writes_a_grid(tmp_path, model_dir):
