@@ -363,7 +363,12 @@ def _train(config: TrainConfig, d: _Dist, log: Log | None) -> TrainResult:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
-            return _Run(config, d, device, log).run()
+            result = _Run(config, d, device, log).run()
+            # Leave together: a rank that tears down its process group while rank 0 is
+            # still writing files aborted at exit now and then under gloo ("terminate
+            # called without an active exception", 3 runs in 8).
+            dist.barrier()
+            return result
         finally:
             dist.destroy_process_group()
     return _Run(config, d, _device_for(config.device, d), log).run()
