@@ -121,6 +121,22 @@ def _write_output(path: Path | str, data: bytes, force: bool) -> None:
         raise
 
 
+def _expand_folders(inputs: Sequence[str], suffixes: frozenset[str], what: str) -> list[str]:
+    """Inputs with every folder replaced by the files below it (recursively, sorted) whose
+    names end in one of ``suffixes``; a folder with none of them is an error."""
+    out: list[str] = []
+    for src in inputs:
+        folder = Path(src)
+        if src == STDIO or not folder.is_dir():
+            out.append(src)
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        if not files:
+            raise _Fail(f"{src}: a folder without {what} ({', '.join(sorted(suffixes))})")
+        out.extend(str(p) for p in files)
+    return out
+
+
 def _outputs(inputs: Sequence[str], out: str | None, suffix: str, fallback: str) -> list[str]:
     """Output names: -o FILE for one input, -o DIR for several, else beside each input."""
     if out is not None and len(inputs) == 1 and not Path(out).is_dir():
@@ -196,15 +212,17 @@ _device_option = click.option(
 @_progress_option
 @_handle_errors
 def encode(inputs, output, model, device, tile, max_batch, force, quiet, progress) -> None:
-    """Compress images (PNG, WebP, ... or - for stdin) to .nnc files.
+    """Compress images (PNG, WebP, ..., folders of them searched recursively, or - for
+    stdin) to .nnc files.
 
     All inputs are coded together, in one schedule, and each gets its own file (default:
     IN with the suffix .nnc, beside it). Prints size, bits/subpixel, the model's ideal
     bits/subpixel, and the ratio to PNG.
     """
     from . import api
-    from .images import open_image
+    from .images import IMAGE_SUFFIXES, open_image
 
+    inputs = _expand_folders(inputs, IMAGE_SUFFIXES, "images")
     if len(inputs) > 1 and STDIO in inputs:
         raise _Fail("stdin (-) can only be encoded alone")
     outs = _outputs(inputs, output, NNC_SUFFIX, "stdin")
@@ -266,12 +284,14 @@ def _png_size(image) -> int:
 @_progress_option
 @_handle_errors
 def decode(inputs, output, model, device, force, quiet, progress) -> None:
-    """Decode .nnc files to PNG images with exactly the original pixels and mode.
+    """Decode .nnc files (or folders of them, searched recursively) to PNG images with
+    exactly the original pixels and mode.
 
     Default output: IN with the suffix .png. Files encoded together are decoded together.
     """
     from . import api
 
+    inputs = _expand_folders(inputs, frozenset({NNC_SUFFIX}), "nncompress files")
     if len(inputs) > 1 and STDIO in inputs:
         raise _Fail("stdin (-) can only be decoded alone")
     outs = _outputs(inputs, output, ".png", "stdin")
@@ -378,18 +398,23 @@ def _reported_bits(info: dict[str, Any]) -> tuple[float | None, str]:
 )
 @click.option(
     "--heatmap",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
-    metavar="OUT.png",
-    help="Write a map of bits per pixel (one input) or a folder of maps (several).",
+    metavar="OUT.png|DIR",
+    help="Write a map of bits per pixel: to OUT.png (one input), or as DIR/<input stem>.png "
+    "into an existing folder.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of lines.")
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing heatmaps.")
 @_handle_errors
 def score(inputs, model, device, tile, heatmap, as_json, force) -> None:
-    """The model's bits/subpixel of each image in one parallel pass, without coding."""
+    """The model's bits/subpixel of each image (or of the images in folders, searched
+    recursively) in one parallel pass, without coding."""
     from . import api
-    from .images import open_image
+    from .images import IMAGE_SUFFIXES, open_image
+
+    inputs = _expand_folders(inputs, IMAGE_SUFFIXES, "images")
+    maps = _heatmap_names(inputs, heatmap, force) if heatmap else []
 
     def opened():
         for src in inputs:
@@ -413,12 +438,29 @@ def score(inputs, model, device, tile, heatmap, as_json, force) -> None:
             }
         )
         if heatmap:
-            dst = heatmap if len(inputs) == 1 else str(Path(heatmap) / (Path(src).stem + ".png"))
-            _write_output(dst, _heatmap_png(res.bits_map), force)
+            _write_output(maps[len(rows) - 1], _heatmap_png(res.bits_map), force)
         if not as_json:
             click.echo(f"{src}\t{res.bits_per_subpixel:.4f}")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+
+
+def _heatmap_names(inputs: Sequence[str], heatmap: str, force: bool) -> list[str]:
+    """FOLDER/<input stem>.png when --heatmap is an existing folder, else the file itself
+    (one input only). Checked before any work: no two inputs share a name, nothing is
+    overwritten."""
+    if Path(heatmap).is_dir():
+        names = [str(Path(heatmap) / (Path(src).stem + ".png")) for src in inputs]
+        if len(set(names)) != len(names):
+            raise _Fail("two inputs would write the same heatmap (same file stem); rename them")
+    elif len(inputs) == 1:
+        names = [heatmap]
+    else:
+        raise _Fail(f"--heatmap {heatmap}: with several inputs, give an existing folder")
+    for name in names:
+        if not force and Path(name).exists():
+            raise _Fail(f"{name} exists (use --force to overwrite)")
+    return names
 
 
 def _heatmap_png(bits) -> bytes:

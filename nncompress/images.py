@@ -18,6 +18,10 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UnsupportedImageError
 
 OPAQUE = 255
+# File names taken as images where a folder is given (train, encode, score).
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
+)
 # Modes we store as is, and the planes the model codes for each.
 CODED_CHANNELS = {"L": 1, "LA": 1, "RGB": 3, "RGBA": 3}
 # Modes converted on the way in (the decoded image comes back in the target mode).

@@ -249,3 +249,51 @@ def test_running_out_of_memory_is_a_user_error_with_advice(
     one_line_error(r, shown)
     assert r.exit_code == 1 and "--max-batch" in r.output
     assert not (tmp_path / "a.nnc").exists()
+
+
+def test_folders_expand_to_the_files_below_them(tmp_path, model_dir):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    a, b = png(photos / "a.png", seed=1), png(photos / "sub" / "b.webp", seed=2)
+    (photos / "notes.txt").write_text("not an image")
+    r = run("encode", str(photos), "-m", "hist-rgb", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert (photos / "a.nnc").is_file() and (photos / "sub" / "b.nnc").is_file()
+    assert not (photos / "notes.nnc").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("decode", str(photos), "-o", str(out))  # the .nnc files only
+    assert r.exit_code == 0, r.output
+    for src in (a, b):
+        dec = np.asarray(Image.open(out / (src.stem + ".png")))
+        assert np.array_equal(dec, np.asarray(Image.open(src).convert("RGB")))
+    # beside the inputs, decoding would overwrite a.png: refused, nothing written
+    one_line_error(run("decode", str(photos)), "exists")
+    rows = json.loads(run("score", str(photos), "-m", "hist-rgb", "--json").output)
+    assert [row["path"] for row in rows] == [str(a), str(b)]
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    r = run("score", str(photos), "-m", "hist-rgb", "--heatmap", str(heat))
+    assert r.exit_code == 0 and sorted(p.name for p in heat.iterdir()) == ["a.png", "b.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(run("encode", str(empty)), "a folder without images")
+    one_line_error(run("decode", str(empty)), "a folder without nncompress files")
+
+
+def test_score_heatmaps_are_checked_before_any_work(tmp_path, model_dir):
+    x1 = tmp_path / "x1"
+    x2 = tmp_path / "x2"
+    x1.mkdir()
+    x2.mkdir()
+    a, b = png(x1 / "same.png"), png(x2 / "same.png", seed=4)
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    r = run("score", str(a), str(b), "-m", "hist-rgb", "--heatmap", str(heat))
+    one_line_error(r, "the same heatmap")
+    r = run("score", str(a), str(b), "-m", "hist-rgb", "--heatmap", str(tmp_path / "nope"))
+    one_line_error(r, "give an existing folder")
+    (heat / "same.png").write_bytes(b"mine")
+    r = run("score", str(a), "-m", "hist-rgb", "--heatmap", str(heat / "same.png"))
+    one_line_error(r, "exists")
+    assert (heat / "same.png").read_bytes() == b"mine"

@@ -22,12 +22,9 @@ import torch
 
 from ..codec import TileGrid
 from ..errors import NncError
-from ..images import open_image, to_picture
+from ..images import IMAGE_SUFFIXES, open_image, to_picture
 from ..models.base import LikelihoodModel
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
-)
 NPZ_SUFFIX = ".npz"
 NPZ_KEY = "images"
 # "FILE.npz[a:b]": a slice of the arrays in FILE.npz (e.g. MNIST's first 4500 for training).
