@@ -332,9 +332,9 @@ class ScoreResult:
 
     bits_per_subpixel: float
     bits_map: np.ndarray  # (H, W) float32: bits of each pixel, channels summed
-    subpixels: int = 0  # height * width * coded channels (totals over many images weigh by it)
-    model_name: str = ""
-    tile: tuple[int, int] = (0, 0)
+    subpixels: int  # height * width * coded channels (totals over many images weigh by it)
+    model_name: str
+    tile: tuple[int, int]
 
 
 def iter_scores(

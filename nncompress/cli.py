@@ -123,14 +123,17 @@ def _write_output(path: Path | str, data: bytes, force: bool) -> None:
 
 def _expand_folders(inputs: Sequence[str], suffixes: frozenset[str], what: str) -> list[str]:
     """Inputs with every folder replaced by the files below it (recursively, sorted) whose
-    names end in one of ``suffixes``; a folder with none of them is an error."""
+    names end in one of ``suffixes`` (as ``train`` finds them: hidden entries skipped); a
+    folder with none of them is an error."""
+    from .images import files_below
+
     out: list[str] = []
     for src in inputs:
         folder = Path(src)
         if src == STDIO or not folder.is_dir():
             out.append(src)
             continue
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+        files, _ = files_below(folder, suffixes)
         if not files:
             raise _Fail(f"{src}: a folder without {what} ({', '.join(sorted(suffixes))})")
         out.extend(str(p) for p in files)
@@ -424,7 +427,7 @@ def score(inputs, model, device, tile, heatmap, as_json, force) -> None:
                 raise _Fail(f"{src}: {e}") from None
 
     rows = []
-    for src, res in zip(inputs, api.iter_scores(opened(), model, device, tile)):
+    for i, (src, res) in enumerate(zip(inputs, api.iter_scores(opened(), model, device, tile))):
         h, w = res.bits_map.shape
         rows.append(
             {
@@ -438,7 +441,7 @@ def score(inputs, model, device, tile, heatmap, as_json, force) -> None:
             }
         )
         if heatmap:
-            _write_output(maps[len(rows) - 1], _heatmap_png(res.bits_map), force)
+            _write_output(maps[i], _heatmap_png(res.bits_map), force)
         if not as_json:
             click.echo(f"{src}\t{res.bits_per_subpixel:.4f}")
     if as_json:

@@ -65,6 +65,21 @@ class Picture:
         return pixel_crc32(self.to_pil())
 
 
+def files_below(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], int]:
+    """Files under ``folder`` (recursive, sorted, hidden entries skipped) whose suffix is one
+    of ``suffixes``, and the number of other files."""
+    found, other = [], 0
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel) or not p.is_file():
+            continue
+        if p.suffix.lower() in suffixes:
+            found.append(p)
+        else:
+            other += 1
+    return found, other
+
+
 def pixel_crc32(image: Image.Image) -> int:
     return zlib.crc32(image.tobytes()) & 0xFFFFFFFF
 

@@ -22,7 +22,7 @@ import torch
 
 from ..codec import TileGrid
 from ..errors import NncError
-from ..images import IMAGE_SUFFIXES, open_image, to_picture
+from ..images import IMAGE_SUFFIXES, files_below, open_image, to_picture
 from ..models.base import LikelihoodModel
 
 NPZ_SUFFIX = ".npz"
@@ -94,7 +94,7 @@ def load_images(sources: Sequence[str | Path], channels: int, mismatch: str = "e
         m = _NPZ_SLICE.match(text)
         path = Path(m["path"] if m and not Path(text).exists() else text)
         if path.is_dir():
-            found, skipped = _scan_folder(path)
+            found, skipped = files_below(path, IMAGE_SUFFIXES)
             if not found:
                 raise DataError(f"{path}: no image files found ({_suffix_list()})")
             files.extend(found)
@@ -122,21 +122,6 @@ def _suffix_list() -> str:
 
 def _int_or_none(text: str) -> int | None:
     return int(text) if text else None
-
-
-def _scan_folder(folder: Path) -> tuple[list[Path], int]:
-    """Image files under ``folder`` (recursive, sorted, hidden entries skipped) and the
-    number of other files."""
-    found, other = [], 0
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).parts
-        if any(part.startswith(".") for part in rel) or not p.is_file():
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            found.append(p)
-        else:
-            other += 1
-    return found, other
 
 
 def _flush_files(files: list[Path], channels: int, mismatch: str, out: ImageSet) -> None:
