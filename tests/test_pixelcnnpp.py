@@ -231,7 +231,8 @@ def test_corrupted_truncated_and_foreign_model_files_are_refused(tmp_path: Path)
         load_model_file(tmp_path / "missing.safetensors")
 
 
-PIXEL_KEYS = {("pixel", n) for n in (1, 2, 3)}
+# Pixel steps: how many levels compute, and the column parity at the coarsest of them.
+PIXEL_KEYS = {("pixel", n, parity) for n in (1, 2, 3) for parity in (0, 1)}
 ROW_KEYS = {("row", n) for n in (1, 2, 3)}
 
 

@@ -12,6 +12,7 @@ functions the stepper uses, so a portable integer-exact path can replace them in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,19 @@ class ConvStep:
         """The same conv with its outputs followed by their negations: [y, -y] (2 Cout)."""
         mat = torch.cat([self.mat, -self.mat], 1).contiguous()
         return ConvStep(mat, torch.cat([self.bias, -self.bias]), self.kw, self.stride)
+
+    def split_rows(self, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split a 2x2 kernel (columns q-1, q of the row above and of the current row) for
+        the stepper's pixel path, whose cells hold ``cell`` values (the input's Cin, then
+        zeros). Returns ``above`` (2 cell, Cout), for the row above's cells [q-1, q], and
+        ``cur`` (2, 2 cell, Cout), for the current row's cells as the stage holds them:
+        [q, q-1] at parity 0, [q-1, q] at parity 1 (see PixelCNNppStepper)."""
+        cout = self.mat.shape[1]
+        blocks = self.mat.view(2, 2, -1, cout)  # (column, row, Cin, Cout)
+        blocks = F.pad(blocks, (0, 0, 0, cell - blocks.shape[2]))
+        above = blocks[:, 0].reshape(2 * cell, cout).contiguous()
+        prev, cur = blocks[0, 1], blocks[1, 1]
+        return above, torch.stack([torch.cat([cur, prev]), torch.cat([prev, cur])]).contiguous()
 
 
 class ShiftedConv2d(nn.Module):
@@ -275,6 +289,42 @@ class GatedStep:
     gate_pair: ConvStep
 
 
+@dataclass(frozen=True)
+class GatedPixelStep:
+    """A GatedStep split for the stepper's pixel path (see PixelCNNppStepper): per conv, the
+    bias and the row-above part (``*_above``, applied once per row) and the current-row
+    part by column parity (``*_cur``, see ConvStep.split_rows); the nin block of the u
+    stream's aux input (``u_aux``, also once per row) and of the aux input computed at the
+    same position (``skip``, down-pass blocks only)."""
+
+    hidden_bias: torch.Tensor
+    hidden_above: torch.Tensor
+    hidden_cur: torch.Tensor
+    gate_bias: torch.Tensor
+    gate_above: torch.Tensor
+    gate_cur: torch.Tensor
+    u_aux: torch.Tensor
+    skip: torch.Tensor | None
+
+    @staticmethod
+    def of(sw: GatedStep) -> GatedPixelStep:
+        """For a ul block: aux inputs (u) or (u, skip), all cells of 2F values."""
+        f2 = sw.hidden.bias.shape[0]
+        hidden_above, hidden_cur = sw.hidden.split_rows(f2)
+        gate_above, gate_cur = sw.gate_pair.split_rows(f2)
+        skip = sw.aux[1] if len(sw.aux) > 1 else None
+        return GatedPixelStep(
+            sw.hidden.bias,
+            hidden_above,
+            hidden_cur,
+            sw.gate_pair.bias,
+            gate_above,
+            gate_cur,
+            sw.aux[0],
+            skip,
+        )
+
+
 class GatedResnet(nn.Module):
     """x + a * sigmoid(b), [a, b] = conv_b(concat_elu(conv_a(concat_elu(x)) +
     nin(concat_elu(aux)))), with dropout before conv_b. ``n_aux`` auxiliary inputs of
@@ -338,18 +388,40 @@ class GatedResnet(nn.Module):
         return torch.addcmul(x, a, torch.sigmoid(b))
 
     @staticmethod
-    def step_hidden(sw: GatedStep, windows: torch.Tensor, aux: list[torch.Tensor]) -> torch.Tensor:
-        """One position per item: windows (N, K) flattened concat_elu'd input windows; aux
-        (N, 2F) each, concat_elu'd. Returns concat_elu(c1): (N, 2F) (eval: no dropout)."""
-        return GatedResnet._hidden(ShiftedConv2d.step(sw.hidden, windows), sw, aux)
+    def pixel_hidden(
+        sw: GatedPixelStep,
+        base: torch.Tensor,
+        pair: torch.Tensor,
+        parity: int,
+        skip: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> None:
+        """concat_elu(c1) at one position per item, into ``out`` (N, 2F): ``base`` (N, 2F)
+        the row-above part with bias and u aux, overwritten (it is gathered afresh at every
+        step; summing into it saves a copy per product); ``pair`` (N, 2 K) the current
+        row's two input cells as the stage holds them at ``parity``; ``skip`` (N, 2F) the
+        aux input computed at this position (or None)."""
+        base.addmm_(pair, sw.hidden_cur[parity])
+        if skip is not None:
+            base.addmm_(skip, sw.skip)
+        torch.ops.aten.elu.out(base, out=out)
 
     @staticmethod
-    def step_out_pair(sw: GatedStep, x2: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """x2: (N, 2F) raw input as [x, -x]; windows: (N, K) concat_elu(c1) windows ->
-        (N, 2F) output as [y, -y] (negation is exact, so the halves stay each other's)."""
-        g = ShiftedConv2d.step(sw.gate_pair, windows)  # (N, 4F): [a, -a, b, b]
+    def pixel_out(
+        sw: GatedPixelStep,
+        x2: torch.Tensor,
+        base: torch.Tensor,
+        pair: torch.Tensor,
+        parity: int,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x2 (N, 2F) the raw input as [x, -x]; base (N, 4F) the gate's row-above part,
+        overwritten; pair (N, 4F) the current row's two concat_elu(c1) cells -> the output
+        as [y, -y] (negation is exact, so the halves stay each other's), into ``out`` if
+        given."""
+        g = base.addmm_(pair, sw.gate_cur[parity])  # (N, 4F): [a, -a, b, b]
         f2 = x2.shape[1]
-        return torch.addcmul(x2, g[:, :f2], torch.sigmoid(g[:, f2:]))
+        return torch.addcmul(x2, g[:, :f2], torch.sigmoid(g[:, f2:]), out=out)
 
     @staticmethod
     def step_hidden_row(
@@ -508,13 +580,6 @@ def _new_ring(batch: int, width: int, channels: int, like: torch.Tensor) -> torc
     return like.new_zeros(batch, width, _RING_ROWS, channels)
 
 
-def _gather(ring: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """Cells of a ring, ``cells`` (k,) = 2 * padded column + slot: (B, Wp, 2, C) ->
-    (B, k * C), in the order given (a kernel window: columns, then rows top-down)."""
-    b, c = ring.shape[0], ring.shape[-1]
-    return ring.view(b, -1, c).index_select(1, cells).view(b, -1)
-
-
 def _index_write(dst: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> None:
     """dst.index_copy_(dim, index, src) for an index without repeats. Such a copy has no
     conflicting writes, so it is deterministic; but with deterministic algorithms on, CUDA
@@ -531,12 +596,6 @@ def _index_write(dst: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Te
         dst.index_copy_(dim, index, src)
 
 
-def _put_cell(ring: torch.Tensor, at: torch.Tensor, value: torch.Tensor) -> None:
-    """Write value (B, C) into the cell ``at`` (1,) = [2 * padded column + slot] of a ring."""
-    b, c = ring.shape[0], ring.shape[-1]
-    _index_write(ring.view(b, -1, c), 1, at, value.view(b, 1, c))
-
-
 def _put_slot(ring: torch.Tensor, slot: torch.Tensor, value: torch.Tensor) -> None:
     """Write a row value (B, W, C) into the unpadded columns 1..W of slot ``slot`` (1,)."""
     w = value.shape[1]
@@ -550,109 +609,160 @@ def _slot(ring: torch.Tensor, slot: torch.Tensor, width: int) -> torch.Tensor:
 
 class _LevelCache:
     """The caches of one resolution level (level l: H_l x W_l, F filters, R blocks, n_l
-    down-pass blocks). All rings hold concat_elu'd values unless named raw.
+    down-pass blocks).
 
+    The u stream, whole rows (rings hold concat_elu'd values unless named raw):
     u_up[k], k = 0..R      (B, W+2, 2, 2F)  up-pass u nodes (k = 0: level input)
     u_up_c1[k], k < R      (B, W+2, 2, 2F)  hidden layer of up u block k
-    ul_up[k], ul_up_c1[k]  (B, W+1, 2, 2F)  same for ul
     u_dn[d], d = 0..n_l    (B, W+2, 2, 2F)  down-pass u nodes (d = 0: level input)
     u_dn_c1[d], d < n_l    (B, W+2, 2, 2F)
-    ul_dn[d], d < n_l      (B, W+1, 2, 2F)  down-pass ul nodes (the last is not cached)
-    ul_dn_c1[d], d < n_l   (B, W+1, 2, 2F)
-    u_last_raw, ul_last_raw (B, W+2 | W+1, 2, F)  last up node, raw: stride-2 conv input
+    u_last_raw  (B, W+2, 2, F)  last up node, raw: stride-2 conv input
     u_out_raw   (B, W, F)  last down u node of the latest row: transposed-conv input
-    ul_out_raw  (B, W, F)  last down ul node, latest value of each column: same
+
+    The ul stream, one position per step (see _UlPlan for the nodes):
+    stage       (B, nodes, 2, 2F)  every node at the current and the previous column
+    record      (B, nodes, W+1, 2F)  every node's latest value per column (column j at
+                j + 1; column 0 is the zero padding): the row above, at a row start
+    bases       (B, W, P)  per column, every ul conv's bias plus row-above part (and u aux),
+                computed at the row start; P = _UlPlan.width
+    base        (B, P)  the current column's bases, gathered at every step (its products sum
+                into it)
+    ul_out_raw  (B, W, F)  last down ul node, latest value of each column: transposed-conv
+                input
     """
 
     def __init__(
-        self, batch: int, width: int, filters: int, r: int, n_dn: int, like: torch.Tensor
+        self,
+        batch: int,
+        width: int,
+        filters: int,
+        r: int,
+        n_dn: int,
+        plan: _UlPlan,
+        like: torch.Tensor,
     ) -> None:
         f2 = 2 * filters
-        wu, wul = width + 2, width + 1  # u: padded left and right; ul: left only
+        wu = width + 2  # u: padded left and right
         self.width = width
         self.u_up = [_new_ring(batch, wu, f2, like) for _ in range(r + 1)]
         self.u_up_c1 = [_new_ring(batch, wu, f2, like) for _ in range(r)]
-        self.ul_up = [_new_ring(batch, wul, f2, like) for _ in range(r + 1)]
-        self.ul_up_c1 = [_new_ring(batch, wul, f2, like) for _ in range(r)]
         self.u_dn = [_new_ring(batch, wu, f2, like) for _ in range(n_dn + 1)]
         self.u_dn_c1 = [_new_ring(batch, wu, f2, like) for _ in range(n_dn)]
-        self.ul_dn = [_new_ring(batch, wul, f2, like) for _ in range(n_dn)]
-        self.ul_dn_c1 = [_new_ring(batch, wul, f2, like) for _ in range(n_dn)]
         self.u_last_raw = _new_ring(batch, wu, filters, like)
-        self.ul_last_raw = _new_ring(batch, wul, filters, like)
         self.u_out_raw = like.new_zeros(batch, width, filters)
+        self.stage = like.new_zeros(batch, plan.nodes, 2, f2)
+        self.record = like.new_zeros(batch, plan.nodes, width + 1, f2)
+        self.bases = like.new_zeros(batch, width, plan.width)
+        self.base = like.new_zeros(batch, plan.width)
         self.ul_out_raw = like.new_zeros(batch, width, filters)
+
+
+@dataclass(frozen=True)
+class _UlBlock:
+    """One ul gated block of a level: its nodes (indices into the level's stage and
+    record), where its bases sit in the level's ``base``, and its weights."""
+
+    inp: int  # input node (concat_elu'd)
+    c1: int  # hidden node
+    out: int | None  # output node (concat_elu'd), None when nothing reads it
+    raw: int | None  # the raw output pair, when the next level's stride-2 conv reads it
+    skip: int | None  # the skip node (down pass)
+    hidden: slice  # (2F) in base
+    gate: slice  # (4F) in base
+    w: GatedPixelStep
+
+
+@dataclass(frozen=True)
+class _UlPlan:
+    """The ul stream's nodes at one level, in stage order: the level input, then per up
+    block its hidden and output nodes, the raw last up node (below the coarsest level),
+    the down pass's input (below the coarsest level; there it is the last up node), then
+    per down block its hidden node and its output (all but the last block)."""
+
+    nodes: int
+    width: int  # values per column in the bases
+    inp: slice  # (2F) the level input's base in ``base``
+    up: tuple[_UlBlock, ...]
+    down: tuple[_UlBlock, ...]
+    raw: int | None
+    dn_in: int
+
+    @staticmethod
+    def of(up: list[GatedStep], down: list[GatedStep], top: bool, filters: int) -> _UlPlan:
+        f2 = 2 * filters
+        count = [1, f2]  # nodes so far, base width so far (the input's base first)
+
+        def node() -> int:
+            count[0] += 1
+            return count[0] - 1
+
+        def block(sw: GatedStep, inp: int, skip: int | None, has_out: bool) -> _UlBlock:
+            at = count[1]
+            count[1] += 3 * f2
+            c1 = node()
+            out = node() if has_out else None
+            hidden, gate = slice(at, at + f2), slice(at + f2, at + 3 * f2)
+            return _UlBlock(inp, c1, out, None, skip, hidden, gate, GatedPixelStep.of(sw))
+
+        ups, outs = [], [0]  # outs[k]: node of ul_up[k]
+        for sw in up:
+            ups.append(block(sw, outs[-1], None, True))
+            outs.append(ups[-1].out)
+        raw = None if top else node()
+        if raw is not None and ups:  # else _ul_up copies the level input there
+            ups[-1] = dataclasses.replace(ups[-1], raw=raw)
+        dn_in = outs[-1] if top else node()
+        downs, inp = [], dn_in
+        n = len(down)
+        for d, sw in enumerate(down):
+            downs.append(block(sw, inp, outs[n - 1 - d], d + 1 < n))
+            inp = downs[-1].out
+        return _UlPlan(count[0], count[1], slice(0, f2), tuple(ups), tuple(downs), raw, dn_in)
 
 
 @dataclass(frozen=True)
 class _LevelIndex:
     """Views of the step index for one level l at step (y, x); p = y >> l, q = x >> l,
-    s = p % 2 (the ring slot of row p). Cells are 2 * padded column + slot."""
+    s = p % 2 (the ring slot of row p)."""
 
-    win: torch.Tensor  # (4,) the ul kernel window: padded columns q, q+1, rows p-1, p
-    cell: torch.Tensor  # (1,) the current cell: padded column q+1, slot s
-    down: torch.Tensor  # (4,) the stride-2 window in level l-1: padded 2q, 2q+1, rows 2p-1, 2p
+    col: torch.Tensor  # (1,) q: the bases of column q, ul_out_raw's column
+    rec: torch.Tensor  # (1,) q + 1: column q in the record
     tap: torch.Tensor  # (1,) the down-right transposed-conv tap: 2 (p % 2) + q % 2
-    out: torch.Tensor  # (1,) column q (ul_out_raw)
     up: torch.Tensor  # (1,) column q // 2 of level l+1 (its ul_out_raw)
     order: torch.Tensor  # (2,) row start: the slots of rows p-1, p
     slot: torch.Tensor  # (1,) row start: s
 
-    SIZE = 15
+    SIZE = 7
 
     @staticmethod
     def values(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
         """The entries for positions p, q (int64 arrays of one shape), in field order."""
         s = p & 1
-        a = 1 - s
-        return (
-            *(2 * q + a, 2 * q + s, 2 * q + 2 + a, 2 * q + 2 + s),
-            2 * q + 2 + s,
-            *(4 * q + 1, 4 * q, 4 * q + 3, 4 * q + 2),
-            2 * s + (q & 1),
-            q,
-            q >> 1,
-            *(a, s),
-            s,
-        )
+        return (q, q + 1, 2 * s + (q & 1), q >> 1, 1 - s, s, s)
 
     @staticmethod
     def of(index: torch.Tensor) -> _LevelIndex:
-        return _LevelIndex(
-            index[0:4],
-            index[4:5],
-            index[5:9],
-            index[9:10],
-            index[10:11],
-            index[11:12],
-            index[12:14],
-            index[14:15],
-        )
+        return _LevelIndex(index[0:1], index[1:2], index[2:3], index[3:4], index[4:6], index[6:7])
 
 
 @dataclass(frozen=True)
 class _ImageIndex:
     """Views of the step index for the image at step (y, x)."""
 
-    col: torch.Tensor  # (1,) x: the column of ul_top_b
-    win: torch.Tensor  # (2,) the image ring at padded column x (pixel x-1), rows y-1, y
-    cell: torch.Tensor  # (1,) padded column x, slot y % 2: where the pixel left of x goes
-    # (at x = 0, where there is none: a spare column right of the ring's padding)
+    left: torch.Tensor  # (1,) min(x, 1): whether there is a pixel left of x
     pos: torch.Tensor  # (1,) flat canvas position of the pixel before (y, x) in raster order
     row: torch.Tensor  # (1,) row start: y - 1, the image row that enters the ring
     order: torch.Tensor  # (2,) row start: the slots of rows y-2, y-1
     slot: torch.Tensor  # (1,) row start: the slot of row y-1
 
-    SIZE = 9
+    SIZE = 6
 
     @staticmethod
     def values(y: np.ndarray, x: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
         """The entries for positions y, x (int64 arrays of one shape), in field order."""
-        s, sp = y & 1, (y - 1) & 1
+        sp = (y - 1) & 1
         return (
-            x,
-            *(2 * x + 1 - s, 2 * x + s),
-            np.where(x > 0, 2 * x, 2 * (width + 2)) + s,
+            np.minimum(x, 1),
             np.maximum(y * width + x - 1, 0),
             np.maximum(y - 1, 0),
             *(1 - sp, sp),
@@ -661,9 +771,7 @@ class _ImageIndex:
 
     @staticmethod
     def of(index: torch.Tensor) -> _ImageIndex:
-        return _ImageIndex(
-            index[0:1], index[1:3], index[3:4], index[4:5], index[5:6], index[6:8], index[8:9]
-        )
+        return _ImageIndex(index[0:1], index[1:2], index[2:3], index[3:5], index[5:6])
 
 
 def _index_table(height: int, width: int) -> np.ndarray:
@@ -681,6 +789,15 @@ def _levels_at(y: int, x: int) -> int:
     while n < NUM_LEVELS and not (y % (1 << n) or x % (1 << n)):
         n += 1
     return n
+
+
+def _pairs(cells: torch.Tensor, count: int, stride: int) -> torch.Tensor:
+    """cells (B, Wp, K), consecutive columns contiguous -> (B * count, 2K): for output j,
+    the cells of columns j * stride and j * stride + 1, side by side (a copy)."""
+    b, _, k = cells.shape
+    assert cells.stride(2) == 1 and cells.stride(1) == k
+    windows = cells.as_strided((b, count, 2 * k), (cells.stride(0), stride * k, 1))
+    return windows.reshape(b * count, 2 * k)
 
 
 class PixelCNNppStepper(Stepper):
@@ -706,18 +823,25 @@ class PixelCNNppStepper(Stepper):
       - The parameters at (y, x) are read from the level-0 ul stream at (y, x).
     Within a step: the up pass bottom-up (levels 0, 1, 2), then the down pass top-down.
 
-    Caches. Every conv sees only the current and the previous row of its level, so each
-    node has a two-row ring (row r in slot r % 2). The transposed convs read a one-row
-    buffer (u) or the latest value per column (ul). Dropout is off: the stepper computes
-    the eval-mode function. Effective (weight-normalised) weights are computed once here:
-    rebuild the stepper after changing the weights.
+    Caches. Every u conv sees only the current and the previous row of its level, so each u
+    node has a two-row ring (row r in slot r % 2); the transposed convs read a one-row
+    buffer. The ul stream splits every conv into its row-above part and its current-row
+    part. The row-above part (with the bias and the u aux input, both known for the whole
+    row) is computed for the whole row at the row start, from the ``record`` of the row
+    above, into ``bases``; a step gathers its column's bases in one op. The current-row
+    part reads the node's values at columns q-1 and q, which a step finds in ``stage`` at
+    fixed places: column q in half q % 2, column q-1 in the other (zero at a row start),
+    so the kernels address them without an index, and one op per level copies the stage
+    into the record. The transposed convs read the latest value per column. Dropout is
+    off: the stepper computes the eval-mode function. Effective (weight-normalised)
+    weights are computed once here: rebuild the stepper after changing the weights.
 
     Positions reach the kernels only through ``index`` (which cells, slots and taps to read
-    and write), filled before every step. So the work of a step depends on the position
-    only through a small key: for a pixel, how many levels compute (3 keys); for a row
+    and write), filled before every step, and through the parity of q at the coarsest
+    level that computes. So the work of a step depends on the position only through a
+    small key: for a pixel, how many levels compute and that parity (6 keys); for a row
     start (y >= 2), how many levels start a row (3 keys). The runner replays those (as CUDA
-    graphs on CUDA). Column 0 runs the same kernels as the others: its window of the image
-    ring is the zero padding, and the 2x1 conv's bias is left out of column 0 of ul_top_b.
+    graphs on CUDA).
     """
 
     def __init__(self, model: PixelCNNpp, batch: int, height: int, width: int) -> None:
@@ -726,50 +850,62 @@ class PixelCNNppStepper(Stepper):
             raise UnsupportedImageError(f"empty stepper: batch {batch}, {height}x{width}")
         cfg = model.config
         self.batch, self.height, self.width = batch, height, width
-        self.filters, self.nr_resnet = cfg.nr_filters, cfg.nr_resnet
+        f = self.filters = cfg.nr_filters
+        self.nr_resnet = cfg.nr_resnet
         self.sizes = level_sizes(height, width)
         like = next(model.parameters()).detach().float()
+        c = model.channels
         with torch.no_grad():
-            # The ul stream's pixel path keeps values as pairs [x, -x] (see GatedStep):
-            # its input convs and transposed convs give pairs.
             self.w_u_init = model.u_init.step_weights()
             self.w_ul_top = model.ul_init_top.step_weights().paired()
-            self.w_ul_left = model.ul_init_left.step_weights().paired()
             self.w_up_u = [[m.step_weights() for m in lv] for lv in model.up_u]
-            self.w_up_ul = [[m.step_weights() for m in lv] for lv in model.up_ul]
             self.w_down_u = [m.step_weights() for m in model.down_u]
-            self.w_down_ul = [m.step_weights().paired() for m in model.down_ul]
             self.w_dn_u = [[m.step_weights() for m in lv] for lv in model.dn_u]
-            self.w_dn_ul = [[m.step_weights() for m in lv] for lv in model.dn_ul]
             self.w_deconv_u = [m.step_weights() for m in model.deconv_u]
             self.w_deconv_ul = [m.step_weights().paired() for m in model.deconv_ul]
             self.w_out = model.out.step_weights()
+            # The ul stream keeps values as pairs [x, -x] (see GatedStep): its input convs
+            # and transposed convs give pairs.
+            self.plans = [
+                _UlPlan.of(
+                    [m.step_weights() for m in model.up_ul[lv]],
+                    [m.step_weights() for m in model.dn_ul[lv]],
+                    lv == NUM_LEVELS - 1,
+                    f,
+                )
+                for lv in range(NUM_LEVELS)
+            ]
+            # The stride-2 convs into levels 1, 2 read the raw pairs of the level below
+            # (only the x half: zero rows for -x); at those steps the level below is at
+            # an even column: its current cell comes first in the stage (parity 0).
+            self.w_down_ul = []
+            for m in model.down_ul:
+                sw = m.step_weights().paired()
+                above, cur = sw.split_rows(2 * f)
+                self.w_down_ul.append((sw.bias, above, cur[0]))
+            # The 2x1 conv of the image at level 0: the pixel left of x in the row above
+            # (per row) and in the current row (per pixel; zero weights at x = 0).
+            left = model.ul_init_left.step_weights().paired()
+            pair = left.mat.shape[1]
+            above, cur = left.mat.view(2, c + 1, pair)  # rows y-1, y at column x-1
+            self.w_left_above = above.contiguous()
+            self.w_left_cur = torch.stack([torch.zeros_like(cur), cur]).contiguous()
+            # The 2x1 conv's bias from column 1 on (column 0 has no left pixel).
+            self.left_bias = left.bias.expand(width, -1).clone()
+            self.left_bias[0] = 0.0
         self.levels = [
-            _LevelCache(batch, w, self.filters, self.nr_resnet, model.down_blocks(lv), like)
+            _LevelCache(batch, w, f, self.nr_resnet, model.down_blocks(lv), self.plans[lv], like)
             for lv, (_, w) in enumerate(self.sizes)
         ]
-        # The coarsest level's down pass starts from its last up node: share the ring.
+        # The coarsest level's u down pass starts from its last up node: share the ring.
         top = self.levels[-1]
         top.u_dn[0] = top.u_up[-1]
-        if top.ul_dn:
-            top.ul_dn[0] = top.ul_up[-1]
-        # Image ring (B, W+3, 2, C+1): scaled pixels plus the constant ones channel; the
-        # last column is spare (column 0's pixel step writes its nonexistent left pixel
-        # there), the rest is the padded row.
-        c = model.channels
-        # Slot 0 (row 0) has its constant channel from the start; slot 1 is the zero padding
-        # above row 0 until row 1 arrives (see _image_rows).
-        self.x_ring = _new_ring(batch, width + 3, c + 1, like)
+        # Image ring (B, W+2, 2, C+1): scaled pixels plus the constant ones channel, padded
+        # row. Slot 0 (row 0) has its constant channel from the start; slot 1 is the zero
+        # padding above row 0 until row 1 arrives (see _image_rows).
+        self.x_ring = _new_ring(batch, width + 2, c + 1, like)
         self.x_ring[:, 1 : width + 1, 0, c] = 1.0
-        # ul at level 0 from the row above (1x3 conv), per row, as pairs; with the 2x1
-        # conv's bias folded in for the columns where that conv contributes.
-        self.ul_top = like.new_zeros(batch, width, 2 * self.filters)
-        self.ul_top_b = like.new_zeros(batch, width, 2 * self.filters)
-        # The 2x1 conv is right-shifted (zero in column 0): its bias from column 1 on.
-        self.left_bias = self.w_ul_left.bias.expand(width, -1).clone()
-        self.left_bias[0] = 0.0
-        # The pixel left of the current one, scaled, with the constant channel (always one
-        # in rows the pixel steps write).
+        # The pixel left of the current one, scaled, with the constant channel.
         self.pix_in = like.new_ones(batch, c + 1)
         self.out = like.new_zeros(batch, model.distribution.num_params)
         self.params_buffer = self.out
@@ -806,7 +942,8 @@ class PixelCNNppStepper(Stepper):
         if x == 0:
             self._row_start(y)
         n = _levels_at(y, x)
-        return self.runner(("pixel", n), lambda: self._pixel_step(n))
+        parity = (x >> (n - 1)) & 1  # of q at level n-1 (the finer levels: 0)
+        return self.runner(("pixel", n, parity), lambda: self._pixel_step(n, parity))
 
     @torch.no_grad()
     def write(self, y: int, x: int, values: torch.Tensor) -> None:
@@ -830,15 +967,22 @@ class PixelCNNppStepper(Stepper):
         b, c = self.values.shape
         _index_write(self.canvas.view(b, c, -1), 2, self.img_ix.pos, self.values.view(b, c, 1))
 
-    def _pixel_step(self, n: int) -> torch.Tensor:
-        """The ul stream at one position where ``n`` levels compute. Writes and returns
-        ``out``. The ul values here are pairs [x, -x], (B, 2F)."""
+    def _pixel_step(self, n: int, parity: int) -> torch.Tensor:
+        """The ul stream at one position where ``n`` levels compute, the coarsest of them
+        at a column of ``parity``. Writes and returns ``out``. The ul values here are pairs
+        [x, -x], (B, 2F)."""
         self._store_last()
-        ul = self._ul_level0()
+        par = [parity if lv == n - 1 else 0 for lv in range(n)]
+        for lv in range(n):
+            cache = self.levels[lv]
+            torch.index_select(
+                cache.bases, 1, self.lv_ix[lv].col, out=cache.base.view(self.batch, 1, -1)
+            )
+        ul = self._ul_up(0, self._ul_level0(), par[0])
         for lv in range(1, n):
-            ul_lv = self._ul_up(lv, self._ul_downsample(lv))
+            ul_lv = self._ul_up(lv, self._ul_downsample(lv), par[lv])
             if lv == NUM_LEVELS - 1:
-                self._ul_down(lv, ul_lv)
+                self._ul_down(lv, ul_lv, par[lv])
         # Down pass at the finer levels, coarse to fine, where this step computes them.
         for lv in reversed(range(min(n, NUM_LEVELS - 1))):
             ix = self.lv_ix[lv]
@@ -846,16 +990,20 @@ class PixelCNNppStepper(Stepper):
             ul = self.model.deconv_ul[lv].step_pixel(
                 self.w_deconv_ul[lv], above.view(self.batch, self.filters), ix.tap
             )
-            ul = self._ul_down(lv, ul)
+            ul = self._ul_down(lv, ul, par[lv])
+        for lv in range(n):
+            cache = self.levels[lv]
+            current = cache.stage[:, :, par[lv]].unsqueeze(2)  # (B, nodes, 1, 2F)
+            _index_write(cache.record, 2, self.lv_ix[lv].rec, current)
         f = self.filters
         return torch.addmm(self.w_out.bias, F.elu(ul[:, :f]), self.w_out.mat, out=self.out)
 
-    # -- u stream: whole rows ----------------------------------------------------------
+    # -- u stream: whole rows, and the ul stream's bases --------------------------------
 
     def _row_start(self, y: int) -> None:
-        """Compute row y >> l of every u node at every level l where it starts now. Rows 0
-        and 1 hold special cases (zero input; the ring's padding row becoming an image
-        row) and run as they are; later rows go through the runner."""
+        """Compute row y >> l of every u node, and the ul bases, at every level l where it
+        starts now. Rows 0 and 1 hold special cases (zero input; the ring's padding row
+        becoming an image row) and run as they are; later rows go through the runner."""
         n = _levels_at(y, 0)
         if y < 2:
             self._row_work(n, y)
@@ -880,7 +1028,9 @@ class PixelCNNppStepper(Stepper):
                 u = self.model.deconv_u[lv].step_row(self.w_deconv_u[lv], src, slot, width)
                 self._put_row(self.levels[lv].u_dn[0], slot, u)
             self._u_down(lv, u)
-        return self.ul_top_b
+        for lv in range(n):
+            self._ul_bases(lv)
+        return self.levels[0].bases
 
     def _u_up(self, lv: int, u: torch.Tensor) -> torch.Tensor:
         """Up-pass u rows at level lv from the level's input row u (B*W, F) raw; returns
@@ -909,26 +1059,59 @@ class PixelCNNppStepper(Stepper):
 
     def _image_rows(self, first_rows: int | None) -> torch.Tensor:
         """Level-0 inputs at the start of row y: the image row y - 1 enters the image ring;
-        returns u[0] row y (B*W, F) and sets the row-above part of ul[0] row y.
+        returns u[0] row y (B*W, F) and sets the level-0 ul input's bases of row y (the
+        1x3 conv of the row above, the row-above part of the 2x1 conv and its bias).
         ``first_rows``: y when y < 2 (special cases), else None."""
-        c, ix = self.model.channels, self.img_ix
+        c, ix, b, w = self.model.channels, self.img_ix, self.batch, self.width
+        cache = self.levels[0]
+        inp = cache.bases[:, :, self.plans[0].inp]  # (B, W, 2F)
         if first_rows == 0:  # both are down-shifted: zeros (not biases) in row 0
-            u = self.ul_top.new_zeros(self.batch * self.width, self.filters)  # not a pair
-            self.ul_top.zero_()
+            u = cache.u_out_raw.new_zeros(b * w, self.filters)  # not a pair
+            inp.copy_(self.left_bias.expand_as(inp))
         else:
             row = self.canvas.index_select(2, ix.row)[:, :, 0, :]  # (B, C, W)
             _put_slot(self.x_ring[..., :c], ix.slot, scale_pixels(row).permute(0, 2, 1))
-            padded = self.x_ring[:, : self.width + 2]
-            u = ShiftedConv2d.step_row(self.w_u_init, padded, ix.order)
-            one_row = padded.index_select(2, ix.slot)
+            u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, ix.order)
+            one_row = self.x_ring.index_select(2, ix.slot)
             top = ShiftedConv2d.step_row(self.w_ul_top, one_row, None)
-            self.ul_top.copy_(top.view(self.batch, self.width, -1))
+            torch.add(top.view(b, w, -1), self.left_bias, out=inp)
+            # The 2x1 conv's row-above part: row y-1 at padded column x (pixel x-1).
+            left = one_row[:, :w, 0].reshape(b * w, c + 1)
+            inp.view(b * w, -1).addmm_(left, self.w_left_above)
         if first_rows == 1:
             # Slot 1 stood for the zero padding above row 0 until now; from here on it
             # holds image rows, whose constant channel is one.
             self.x_ring[:, 1 : self.width + 1, 1, c] = 1.0
-        torch.add(self.ul_top, self.left_bias, out=self.ul_top_b)
         return u
+
+    def _ul_bases(self, lv: int) -> None:
+        """Row p of level lv's ul bases, from the record of row p-1 (and, for the stride-2
+        conv into the level, of row 2p-1 of the level below) and the u rows of row p; and
+        the stage's previous column set to the zero padding left of column 0."""
+        cache, plan, ix = self.levels[lv], self.plans[lv], self.lv_ix[lv]
+        b, w = self.batch, cache.width
+
+        def base(at: slice) -> torch.Tensor:  # (B*W, n) view into the bases
+            return cache.bases[:, :, at].view(b * w, -1)
+
+        def above(rec: torch.Tensor, node: int, stride: int = 1) -> torch.Tensor:
+            return _pairs(rec[:, node], w, stride)
+
+        if lv > 0:
+            bias, w_above, _ = self.w_down_ul[lv - 1]
+            below = self.levels[lv - 1].record
+            torch.addmm(bias, above(below, self.plans[lv - 1].raw, 2), w_above, out=base(plan.inp))
+        u_nodes = [(blk, cache.u_up[k + 1]) for k, blk in enumerate(plan.up)]
+        u_nodes += [(blk, cache.u_dn[d + 1]) for d, blk in enumerate(plan.down)]
+        for blk, u_ring in u_nodes:
+            sw = blk.w
+            hidden = base(blk.hidden)
+            torch.addmm(sw.hidden_bias, above(cache.record, blk.inp), sw.hidden_above, out=hidden)
+            u = _slot(u_ring, ix.slot, w).reshape(b * w, -1)
+            hidden.addmm_(u, sw.u_aux)
+            gate = base(blk.gate)
+            torch.addmm(sw.gate_bias, above(cache.record, blk.c1), sw.gate_above, out=gate)
+        cache.stage[:, :, 1].zero_()
 
     def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:
         """concat_elu of a raw row u (B*W, F) into slot ``slot`` of a ring."""
@@ -954,60 +1137,56 @@ class PixelCNNppStepper(Stepper):
     # -- ul stream: one position per level ---------------------------------------------
 
     def _ul_level0(self) -> torch.Tensor:
-        """Up pass of ul at level 0; returns the last node (B, 2F) raw, as a pair."""
-        c, ix = self.model.channels, self.img_ix
+        """The level-0 ul input at the current position: (B, 2F) raw pair."""
+        c = self.model.channels
         self.pix_in[:, :c] = scale_pixels(self.values)  # the pixel left of x
-        _put_cell(self.x_ring, ix.cell, self.pix_in)
-        # The 2x1 conv at column x-1 (padded column x), rows y-1, y: zero at x = 0.
-        top = self.ul_top_b.index_select(1, ix.col).view(self.batch, -1)
-        ul = ShiftedConv2d.step_plus(self.w_ul_left, top, _gather(self.x_ring, ix.win))
-        return self._ul_up(0, ul)
+        w = self.w_left_cur.index_select(0, self.img_ix.left)[0]  # zero at x = 0
+        return self.levels[0].base[:, self.plans[0].inp].addmm_(self.pix_in, w)
 
     def _ul_downsample(self, lv: int) -> torch.Tensor:
         """The stride-2 conv into level lv at the current position: (B, 2F) raw pair."""
-        below = self.levels[lv - 1].ul_last_raw
-        return ShiftedConv2d.step(self.w_down_ul[lv - 1], _gather(below, self.lv_ix[lv].down))
+        below = self.levels[lv - 1].stage[:, self.plans[lv - 1].raw]
+        base = self.levels[lv].base[:, self.plans[lv].inp]
+        return base.addmm_(below.reshape(self.batch, -1), self.w_down_ul[lv - 1][2])
 
-    def _ul_up(self, lv: int, ul: torch.Tensor) -> torch.Tensor:
+    def _ul_up(self, lv: int, ul: torch.Tensor, parity: int) -> torch.Tensor:
         """Up-pass ul blocks at level lv, current position, from the level's input ul
-        (B, 2F) raw pair."""
-        cache, ix = self.levels[lv], self.lv_ix[lv]
-        _put_cell(cache.ul_up[0], ix.cell, F.elu(ul))
-        for k, sw in enumerate(self.w_up_ul[lv]):
-            aux = [_gather(cache.u_up[k + 1], ix.cell)]
-            ul = self._gated_pixel(sw, ul, cache.ul_up[k], cache.ul_up_c1[k], ix, aux)
-            _put_cell(cache.ul_up[k + 1], ix.cell, F.elu(ul))
-        if lv < NUM_LEVELS - 1:
-            _put_cell(cache.ul_last_raw, ix.cell, ul[:, : self.filters])
+        (B, 2F) raw pair; returns the last up node, raw."""
+        stage = self.levels[lv].stage
+        torch.ops.aten.elu.out(ul, out=stage[:, 0, parity])
+        plan = self.plans[lv]
+        for blk in plan.up:
+            ul = self._gated_pixel(lv, blk, ul, parity)
+        if plan.raw is not None and not plan.up:
+            stage[:, plan.raw, parity].copy_(ul)
         return ul
 
-    def _ul_down(self, lv: int, ul: torch.Tensor) -> torch.Tensor:
+    def _ul_down(self, lv: int, ul: torch.Tensor, parity: int) -> torch.Tensor:
         """Down-pass ul blocks at level lv, current position, from the level's input ul
         (B, 2F) raw pair; returns the last node (B, 2F) and keeps it for the finer level."""
-        cache, ix, f = self.levels[lv], self.lv_ix[lv], self.filters
-        n = len(self.w_dn_ul[lv])
-        if lv < NUM_LEVELS - 1 and n:
-            _put_cell(cache.ul_dn[0], ix.cell, F.elu(ul))
-        for d, sw in enumerate(self.w_dn_ul[lv]):
-            aux = [_gather(cache.u_dn[d + 1], ix.cell), _gather(cache.ul_up[n - 1 - d], ix.cell)]
-            ul = self._gated_pixel(sw, ul, cache.ul_dn[d], cache.ul_dn_c1[d], ix, aux)
-            if d + 1 < n:
-                _put_cell(cache.ul_dn[d + 1], ix.cell, F.elu(ul))
+        cache, plan, f = self.levels[lv], self.plans[lv], self.filters
+        if lv < NUM_LEVELS - 1:
+            torch.ops.aten.elu.out(ul, out=cache.stage[:, plan.dn_in, parity])
+        for blk in plan.down:
+            ul = self._gated_pixel(lv, blk, ul, parity)
         if lv > 0:
-            _index_write(cache.ul_out_raw, 1, ix.out, ul[:, :f].view(self.batch, 1, f))
+            col = self.lv_ix[lv].col
+            _index_write(cache.ul_out_raw, 1, col, ul[:, :f].view(self.batch, 1, f))
         return ul
 
-    def _gated_pixel(
-        self,
-        sw: GatedStep,
-        ul: torch.Tensor,
-        ring_in: torch.Tensor,
-        ring_c1: torch.Tensor,
-        ix: _LevelIndex,
-        aux: list[torch.Tensor],
-    ) -> torch.Tensor:
-        """One gated block at the current cell: ul (B, 2F) raw input pair, its concat_elu
-        already in ring_in; the hidden layer goes to ring_c1. Returns the raw output pair."""
-        hidden = GatedResnet.step_hidden(sw, _gather(ring_in, ix.win), aux)
-        _put_cell(ring_c1, ix.cell, hidden)
-        return GatedResnet.step_out_pair(sw, ul, _gather(ring_c1, ix.win))
+    def _gated_pixel(self, lv: int, blk: _UlBlock, ul: torch.Tensor, parity: int) -> torch.Tensor:
+        """One gated block at the current position: ul (B, 2F) raw input pair, its
+        concat_elu already in the stage. Returns the raw output pair; its concat_elu (and
+        the raw pair, where the next level reads it) go to the stage."""
+        cache, b = self.levels[lv], self.batch
+        stage, base = cache.stage, cache.base
+        skip = stage[:, blk.skip, parity] if blk.skip is not None else None
+        c1 = stage[:, blk.c1, parity]
+        pair_in = stage[:, blk.inp].reshape(b, -1)
+        GatedResnet.pixel_hidden(blk.w, base[:, blk.hidden], pair_in, parity, skip, c1)
+        raw = stage[:, blk.raw, parity] if blk.raw is not None else None
+        pair_c1 = stage[:, blk.c1].reshape(b, -1)
+        ul = GatedResnet.pixel_out(blk.w, ul, base[:, blk.gate], pair_c1, parity, out=raw)
+        if blk.out is not None:
+            torch.ops.aten.elu.out(ul, out=stage[:, blk.out, parity])
+        return ul
