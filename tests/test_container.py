@@ -47,7 +47,7 @@ PAYLOAD = bytes(range(8))
 # The whole file for HEADER + PAYLOAD. Any change to the layout must change FORMAT_VERSION.
 FIXTURE = bytes.fromhex(
     "894e4e430d0a1a0a"  # magic
-    "0200"  # format version 2
+    "0300"  # format version 3
     "5d000000"  # header body length 93
     "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"  # model digest
     "05000000"  # width 5
@@ -293,12 +293,17 @@ def test_empty_file() -> None:
     assert str(error_of(b"")) == "empty file (not an nncompress file)"
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 7, 65535])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 7, 65535])
 def test_unknown_version_refused_before_the_rest(version: int) -> None:
-    expected = f"unsupported format version {version} (this build reads version 2"
+    expected = f"unsupported format version {version} (this build reads version 3"
     if version == 1:
         expected += (
             "; version 1 files were written by nncompress 0.1, whose coding computation "
+            "this build does not replay"
+        )
+    if version == 2:
+        expected += (
+            "; version 2 files were written by nncompress 0.2, whose PixelCNN++ computation "
             "this build does not replay"
         )
     expected += ")"
@@ -420,7 +425,7 @@ def test_caps_rejected_before_allocation() -> None:
 
 def test_describe() -> None:
     info = describe(HEADER, len(PAYLOAD))
-    assert info["format_version"] == 2
+    assert info["format_version"] == 3
     assert info["model_name"] == "hist"
     assert info["model_digest"] == bytes(range(32)).hex()
     assert info["group"] == "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"

@@ -1,4 +1,4 @@
-"""The .nnc container, format version 1: a validated header plus the range coder's payload.
+"""The .nnc container, format version 3: a validated header plus the range coder's payload.
 
 The byte layout and the rules a decoder follows are specified in FORMAT.md (repository
 root); this module is the reference implementation. Every length read from a file is
@@ -24,10 +24,13 @@ from ..errors import FormatError, UnsupportedVersionError
 #: PNG-style signature: a non-ASCII first byte catches 7-bit transfers, CR LF and LF catch
 #: line-ending conversion, ^Z stops `type` on DOS.
 MAGIC: Final = b"\x89NNC\r\n\x1a\n"
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 #: Earlier versions: what a reader tells the user who has such a file.
 _OLD_VERSIONS: Final = MappingProxyType(
-    {1: "written by nncompress 0.1, whose coding computation this build does not replay"}
+    {
+        1: "written by nncompress 0.1, whose coding computation this build does not replay",
+        2: "written by nncompress 0.2, whose PixelCNN++ computation this build does not replay",
+    }
 )
 
 _VERSION = struct.Struct("<H")  # u16 format version, right after the magic
