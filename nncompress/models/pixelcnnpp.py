@@ -923,6 +923,7 @@ class PixelCNNppStepper(Stepper):
         self.values_host = torch.zeros(batch, c, dtype=torch.uint8, pin_memory=cuda)
         self.values = torch.zeros(batch, c, dtype=torch.uint8, device=like.device)
         self._values_copied = torch.cuda.Event() if cuda else None
+        self._stream = torch.cuda.current_stream(like.device) if cuda else None
         self._next = 0  # raster index of the next position params_at accepts
 
     # -- the step ----------------------------------------------------------------------
@@ -959,7 +960,7 @@ class PixelCNNppStepper(Stepper):
         self.values_host.copy_(values)
         self.values.copy_(self.values_host, non_blocking=True)
         if self._values_copied is not None:
-            self._values_copied.record()
+            self._values_copied.record(self._stream)
 
     def _store_last(self) -> None:
         """The values written last into the canvas, at the position before this step (at
