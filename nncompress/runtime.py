@@ -8,6 +8,7 @@ from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
+from .determinism import set_deterministic
 from .errors import DeviceMismatchError
 from .models.base import StepRunner, run_now
 
@@ -58,7 +59,7 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
         torch.backends.cudnn.deterministic,
     )
     try:
-        torch.use_deterministic_algorithms(True)
+        set_deterministic(True)
         # The coder reads no memory it has not written; filling every new tensor with NaN
         # (what deterministic mode does by default) only adds a kernel per allocation.
         fill.fill_uninitialized_memory = False
@@ -71,7 +72,7 @@ def coding_context(device: torch.device, cpu_threads: int) -> Iterator[None]:
         with torch.inference_mode():
             yield
     finally:
-        torch.use_deterministic_algorithms(saved[0])
+        set_deterministic(saved[0])
         fill.fill_uninitialized_memory = saved_fill
         torch.set_num_threads(saved[1])
         torch.backends.cuda.matmul.allow_tf32 = saved[2]

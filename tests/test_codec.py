@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,33 @@ def test_cuda_round_trip_through_graphs_and_eager() -> None:
         assert api.compress_many(images, lm, "cuda", tile=8) == blobs
     finally:
         mp.undo()
+
+
+def test_coding_context_sets_and_restores_the_deterministic_flag() -> None:
+    from nncompress.runtime import coding_context
+
+    before = torch.are_deterministic_algorithms_enabled()
+    with coding_context(torch.device("cpu"), 1):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_coding_does_not_import_the_compiler() -> None:
+    """torch.use_deterministic_algorithms imports torch._inductor (and torch._dynamo):
+    seconds per CLI call that the coder, which compiles nothing, must not spend."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from nncompress import api; from PIL import Image; "
+        "from test_codec import as_loaded; from conftest import tiny_pixelcnn; "
+        "im = Image.fromarray(np.zeros((5, 6, 3), np.uint8)); m = as_loaded(tiny_pixelcnn()); "
+        "out = api.decompress(api.compress(im, model=m, device='cpu'), model=m, device='cpu'); "
+        "assert out.tobytes() == im.tobytes(); "
+        "print(sorted(k for k in sys.modules if k.startswith(('torch._inductor', 'torch._dyn'))))"
+    )
+    tests = str(Path(__file__).resolve().parent)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tests, check=True
+    )
+    assert res.stdout.strip() == "[]", res.stdout

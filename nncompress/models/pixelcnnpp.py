@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..determinism import set_deterministic
 from ..distributions.logistic import DiscretizedLogisticMixture, scale_pixels
 from ..errors import UnsupportedImageError
 from .base import LikelihoodModel, Stepper
@@ -587,11 +588,11 @@ def _index_write(dst: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Te
     on an H200 (tens of such writes per pixel step). So the flag is lifted for the call."""
     if dst.is_cuda and torch.are_deterministic_algorithms_enabled():
         warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-        torch.use_deterministic_algorithms(False)
+        set_deterministic(False)
         try:
             dst.index_copy_(dim, index, src)
         finally:
-            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+            set_deterministic(True, warn_only=warn_only)
     else:
         dst.index_copy_(dim, index, src)
 
