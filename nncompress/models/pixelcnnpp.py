@@ -5,9 +5,12 @@ The network has two streams: u ("down", sees the rows above) and ul ("down-right
 rows above and the pixels to the left in the current row). Both run an up pass over three
 resolutions (full, 1/2, 1/4; stride-2 shifted convolutions) and a down pass back (stride-2
 transposed convolutions), with skip connections from every up-pass node to the down pass.
-All arithmetic lives in four small layer classes (ShiftedConv2d, ShiftedDeconv2d, Nin,
+The arithmetic lives in four small layer classes (ShiftedConv2d, ShiftedDeconv2d, Nin,
 GatedResnet), each with a parallel ``forward`` (NCHW) and the per-row / per-pixel ``step_*``
-functions the stepper uses, so a portable integer-exact path can replace them in one place.
+and ``pixel_*`` functions the stepper uses, and in the matrix products with which the
+stepper splits the ul stream's convolutions into their row-above and current-row parts
+(``_ul_bases``, ``_ul_level0``, ``_ul_downsample``): a portable integer-exact path would
+replace those.
 """
 
 from __future__ import annotations
@@ -705,7 +708,7 @@ class _UlPlan:
             hidden, gate = slice(at, at + f2), slice(at + f2, at + 3 * f2)
             return _UlBlock(inp, c1, out, None, skip, hidden, gate, GatedPixelStep.of(sw))
 
-        ups, outs = [], [0]  # outs[k]: node of ul_up[k]
+        ups, outs = [], [0]  # outs[k]: the node of up-pass output k (0: the level input)
         for sw in up:
             ups.append(block(sw, outs[-1], None, True))
             outs.append(ups[-1].out)
