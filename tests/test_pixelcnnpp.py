@@ -142,6 +142,13 @@ def test_cached_stepper_matches_naive_deeper_and_grey() -> None:
     assert _compare_with_naive(model, 9, 13, batch=2) < 1e-4
 
 
+def test_cached_stepper_matches_naive_without_gated_blocks() -> None:
+    """nr_resnet 0: the up pass is only the level input, which the next level's stride-2
+    conv then reads raw (and the down pass has one block below the coarsest level)."""
+    model = make_model(nr_resnet=0, filters=8, nr_mix=2, seed=4)
+    assert _compare_with_naive(model, 11, 9) < 1e-4
+
+
 def test_cached_stepper_depends_on_the_canvas() -> None:
     """The comparison above is not vacuous: different earlier values change the
     parameters of later pixels."""
