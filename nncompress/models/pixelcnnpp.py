@@ -145,11 +145,6 @@ class ShiftedConv2d(nn.Module):
         return ConvStep.of(self.weight().detach().float(), self.b.detach().float(), self.stride)
 
     @staticmethod
-    def step(sw: ConvStep, windows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """windows: (N, kw*kh*Cin) flattened windows -> (N, Cout), into ``out`` if given."""
-        return torch.addmm(sw.bias, windows, sw.mat, out=out)
-
-    @staticmethod
     def step_row(sw: ConvStep, rows: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
         """All outputs along a row: rows (B, Wp, S, Cin) (a ring), already padded; ``order``
         (kh,) picks its slots top-down (None: the slots as they are) -> (B * Wo, Cout),
@@ -162,11 +157,6 @@ class ShiftedConv2d(nn.Module):
         # Output j's window is the kw columns from j * stride on, contiguous in memory.
         windows = rows.as_strided((b, wo, kw * k), (wp * k, sw.stride * k, 1))
         return torch.addmm(sw.bias, windows.reshape(b * wo, kw * k), sw.mat)
-
-    @staticmethod
-    def step_plus(sw: ConvStep, base: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
-        """base + windows @ W (no bias): (N, Cout). For summing two convs in one op."""
-        return torch.addmm(base, windows, sw.mat)
 
 
 @dataclass(frozen=True)
@@ -274,9 +264,9 @@ class Nin(nn.Module):
         return LinearStep(self.weight().detach().float().t().contiguous(), self.b.detach().float())
 
     @staticmethod
-    def step(sw: LinearStep, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, Cin) -> (N, Cout)."""
-        return torch.addmm(sw.bias, x, sw.mat)
+    def step(sw: LinearStep, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, Cin) -> (N, Cout), into ``out`` if given."""
+        return torch.addmm(sw.bias, x, sw.mat, out=out)
 
 
 @dataclass(frozen=True)
@@ -855,7 +845,6 @@ class PixelCNNppStepper(Stepper):
         cfg = model.config
         self.batch, self.height, self.width = batch, height, width
         f = self.filters = cfg.nr_filters
-        self.nr_resnet = cfg.nr_resnet
         self.sizes = level_sizes(height, width)
         like = next(model.parameters()).detach().float()
         c = model.channels
@@ -898,7 +887,7 @@ class PixelCNNppStepper(Stepper):
             self.left_bias = left.bias.expand(width, -1).clone()
             self.left_bias[0] = 0.0
         self.levels = [
-            _LevelCache(batch, w, f, self.nr_resnet, model.down_blocks(lv), self.plans[lv], like)
+            _LevelCache(batch, w, f, cfg.nr_resnet, model.down_blocks(lv), self.plans[lv], like)
             for lv, (_, w) in enumerate(self.sizes)
         ]
         # The coarsest level's u down pass starts from its last up node: share the ring.
@@ -1001,7 +990,7 @@ class PixelCNNppStepper(Stepper):
             current = cache.stage[:, :, par[lv]].unsqueeze(2)  # (B, nodes, 1, 2F)
             _index_write(cache.record, 2, self.lv_ix[lv].rec, current)
         f = self.filters
-        return torch.addmm(self.w_out.bias, F.elu(ul[:, :f]), self.w_out.mat, out=self.out)
+        return Nin.step(self.w_out, F.elu(ul[:, :f]), out=self.out)
 
     # -- u stream: whole rows, and the ul stream's bases --------------------------------
 
