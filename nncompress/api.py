@@ -25,6 +25,7 @@ from . import container
 from .codec import DecodeJob, EncodeJob, SampleJob, Schedule, TileGrid, TileJob, run_schedule
 from .errors import (
     DeviceMismatchError,
+    FormatError,
     IntegrityError,
     ModelMismatchError,
     UnsupportedImageError,
@@ -315,6 +316,13 @@ def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel
         raise ModelMismatchError(
             f"file was encoded with model {h.model_name!r} (digest {h.model_digest.hex()[:12]}), "
             f"but model {lm.name!r} has digest {lm.digest.hex()[:12]}"
+        )
+    # The digest fixes the model, not the mode byte: a header claiming another channel
+    # count would otherwise fail inside Pillow with an untyped error.
+    if lm.model.channels != h.channels_coded:
+        raise FormatError(
+            f"file says mode {h.mode} ({h.channels_coded} coded channels), but its model "
+            f"{lm.name!r} codes {lm.model.channels} (damaged or forged header)"
         )
     return lm
 

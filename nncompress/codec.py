@@ -175,12 +175,20 @@ def run_schedule(
     n = schedule.batch_slots
     for job in jobs:
         job.tiles = np.zeros((job.grid.count, model.channels, tile_h, tile_w), dtype=np.uint8)
-    for start in range(0, schedule.total_slots, n):
+    # Only the batches that hold a slot of some job, found from the jobs (not by walking
+    # every batch of the schedule: a header may claim up to 2^32 slots).
+    batches = sorted(
+        {
+            b
+            for j in jobs
+            for b in range(j.first_slot // n, (j.first_slot + j.grid.count - 1) // n + 1)
+        }
+    )
+    for start in (b * n for b in batches):
         members = [
             j for j in jobs if j.first_slot < start + n and j.first_slot + j.grid.count > start
         ]
-        if members:
-            _run_batch(model, members, start, n, tile_h, tile_w, progress)
+        _run_batch(model, members, start, n, tile_h, tile_w, progress)
 
 
 class ChannelPmfs:

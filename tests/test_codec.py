@@ -158,3 +158,31 @@ def test_coding_does_not_import_the_compiler() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tests, check=True
     )
     assert res.stdout.strip() == "[]", res.stdout
+
+
+def _forged(data: bytes, **change) -> bytes:
+    """The file with header fields changed and the header CRC recomputed (a crafted file)."""
+    import dataclasses
+
+    header, payload = container.unpack(data)
+    return container.pack(dataclasses.replace(header, **change), payload)
+
+
+def test_forged_mode_with_another_channel_count_is_a_format_error():
+    from nncompress.errors import FormatError
+
+    lm = as_loaded(fitted_histogram(3))
+    data = api.compress(random_image("RGB", 9, 7), lm, "cpu")
+    with pytest.raises(FormatError, match="mode L .1 coded channels., but its model"):
+        api.decompress(_forged(data, mode="L"), lm, "cpu")
+
+
+def test_forged_huge_schedule_runs_only_the_batches_of_the_file():
+    # total_slots near 2^32: decoding used to walk every empty batch (~33 minutes).
+    lm = as_loaded(fitted_histogram(3))
+    im = random_image("RGB", 20, 11)
+    data = api.compress(im, lm, "cpu")
+    h = container.unpack(data)[0]
+    forged = _forged(data, total_slots=(2**32 - 1) // h.batch_slots * h.batch_slots)
+    out = api.decompress(forged, lm, "cpu")
+    assert np.array_equal(np.asarray(out), np.asarray(im))

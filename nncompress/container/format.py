@@ -73,6 +73,10 @@ MAX_BATCH_PIXELS: Final = 2**28
 #: Largest file. A floored 256-way PMF costs at most ~24 bits a subpixel, so a MAX_PIXELS
 #: RGB image stays below this; readers should refuse bigger inputs before reading them.
 MAX_FILE_BYTES: Final = 2**32
+#: Most CPU threads a file may ask the decoder to replay. The encoder records one thread
+#: (runtime.CODING_CPU_THREADS); a forged count must not reach torch.set_num_threads, where
+#: libgomp kills the process ("Thread creation failed") instead of raising.
+MAX_CPU_THREADS: Final = 256
 _U16_MAX: Final = 2**16 - 1
 _U32_MAX: Final = 2**32 - 1
 _PAYLOAD_WORD_BYTES: Final = 4  # the range coder writes 32-bit words
@@ -219,6 +223,8 @@ def _header_problem(h: Header) -> str | None:
         return f"cpu_threads must be 0 for device cuda, not {h.cpu_threads}"
     if h.device == "cpu" and h.cpu_threads == 0:
         return "cpu_threads must be >= 1 for device cpu"
+    if h.cpu_threads > MAX_CPU_THREADS:
+        return f"cpu_threads {h.cpu_threads} exceeds MAX_CPU_THREADS ({MAX_CPU_THREADS})"
     return _text_problem("torch version", h.torch_version, 0, MAX_TORCH_VERSION_BYTES)
 
 
