@@ -175,20 +175,14 @@ def run_schedule(
     n = schedule.batch_slots
     for job in jobs:
         job.tiles = np.zeros((job.grid.count, model.channels, tile_h, tile_w), dtype=np.uint8)
-    # Only the batches that hold a slot of some job, found from the jobs (not by walking
-    # every batch of the schedule: a header may claim up to 2^32 slots).
-    batches = sorted(
-        {
-            b
-            for j in jobs
-            for b in range(j.first_slot // n, (j.first_slot + j.grid.count - 1) // n + 1)
-        }
-    )
-    for start in (b * n for b in batches):
-        members = [
-            j for j in jobs if j.first_slot < start + n and j.first_slot + j.grid.count > start
-        ]
-        _run_batch(model, members, start, n, tile_h, tile_w, progress)
+    # The batches that hold a slot of some job, with their jobs (in job order), found from
+    # the jobs rather than by walking every batch: a header may claim up to 2^32 slots.
+    members: dict[int, list[TileJob]] = {}
+    for j in jobs:
+        for b in range(j.first_slot // n, (j.first_slot + j.grid.count - 1) // n + 1):
+            members.setdefault(b, []).append(j)
+    for b in sorted(members):
+        _run_batch(model, members[b], b * n, n, tile_h, tile_w, progress)
 
 
 class ChannelPmfs:
