@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
 
@@ -39,6 +42,8 @@ class Stepper(abc.ABC):
 
     def __init__(self, model: LikelihoodModel, batch: int, height: int, width: int) -> None:
         p = next(model.parameters(), None)
+        if p is None:  # integer models hold buffers only
+            p = next(model.buffers(), None)
         device = p.device if p is not None else torch.device("cpu")
         self.model = model
         self.runner: StepRunner = run_now
@@ -130,3 +135,129 @@ class LikelihoodModel(nn.Module, abc.ABC):
 def bits_per_subpixel(log_prob_nats: torch.Tensor) -> float:
     """Mean negative log-likelihood in bits per subpixel of a log-prob tensor (any shape)."""
     return float(-log_prob_nats.double().mean() / torch.log(torch.tensor(2.0, dtype=torch.float64)))
+
+
+# --- Config validation ----------------------------------------------------------------------
+# Model files store a family's config as JSON, and a file's author controls every value: a
+# value of the wrong type must not reach the family's constructor (a float size, a string
+# channel count, ``true`` for an int), nor a size that makes building the model hang or
+# allocate without bound. The checks here are generic, driven by the Config dataclass's
+# field annotations, so they apply to any family; modelfile.py bounds the memory a
+# (well-typed) config may make the constructor allocate.
+
+#: Integers in a config must lie strictly within +-CONFIG_INT_LIMIT (they fit an int64, and
+#: no family loops over or allocates anything near that many; modelfile bounds the rest).
+CONFIG_INT_LIMIT = 2**63
+#: Most items of a list/tuple config value, and most characters of a str one.
+MAX_CONFIG_ITEMS = 4096
+MAX_CONFIG_STR = 4096
+
+
+def config_problem(config_cls: type, values: object) -> str | None:
+    """The first thing wrong with ``values`` (a decoded JSON object) as the keyword
+    arguments of the dataclass ``config_cls``, as a one-line message; None if every field
+    is present with a value of its annotated type, and nothing else is.
+
+    Types are strict: ``bool`` is not an ``int``; a ``float`` field takes an int or a finite
+    float; a ``tuple[...]`` field takes a JSON list. An annotation this does not know
+    (``Any``, a class) accepts any value, left to the config's own checks."""
+    if not dataclasses.is_dataclass(config_cls):
+        return f"{getattr(config_cls, '__name__', config_cls)!r} is not a config dataclass"
+    if not isinstance(values, dict):
+        return f"config must be a JSON object, not {_json_type(values)}"
+    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    names = {f.name for f in fields}
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        return f"unknown config key(s) {', '.join(map(repr, unknown[:5]))}"
+    missing = [f.name for f in fields if f.name not in values]
+    if missing:
+        return f"missing config key(s) {', '.join(map(repr, missing[:5]))}"
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: types unchecked
+        hints = {}
+    for f in fields:
+        problem = _value_problem(values[f.name], hints.get(f.name, Any))
+        if problem is not None:
+            return f"config {f.name!r}: {problem}"
+    return None
+
+
+def _json_type(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        tuple: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _value_problem(value: object, hint: object, depth: int = 0) -> str | None:
+    """None if ``value`` fits the annotation ``hint``, else why not."""
+    if depth > 8:
+        return "nested too deeply"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return None
+    if origin in (typing.Union, types.UnionType):
+        problems = [_value_problem(value, a, depth + 1) for a in args]
+        if any(p is None for p in problems):
+            return None
+        return " or ".join(p for p in problems if p is not None)
+    if origin is typing.Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return None
+        return f"must be one of {', '.join(map(repr, args))}, not {value!r}"[:200]
+    if hint is type(None) or hint is None:
+        return None if value is None else f"must be null, not {_json_type(value)}"
+    if hint is bool:
+        return None if type(value) is bool else f"must be a boolean, not {_json_type(value)}"
+    if hint is int:
+        if type(value) is not int:
+            return f"must be an integer, not {_json_type(value)}"
+        if not -CONFIG_INT_LIMIT < value < CONFIG_INT_LIMIT:
+            return "integer out of range"
+        return None
+    if hint is float:
+        if type(value) is int:
+            return None if -CONFIG_INT_LIMIT < value < CONFIG_INT_LIMIT else "out of range"
+        if type(value) is not float:
+            return f"must be a number, not {_json_type(value)}"
+        return None if math.isfinite(value) else f"must be finite, not {value}"
+    if hint is str:
+        if type(value) is not str:
+            return f"must be a string, not {_json_type(value)}"
+        return None if len(value) <= MAX_CONFIG_STR else "string too long"
+    if origin in (tuple, list) or hint in (tuple, list):
+        if type(value) not in (list, tuple):
+            return f"must be a list, not {_json_type(value)}"
+        if len(value) > MAX_CONFIG_ITEMS:
+            return f"list of {len(value)} items (at most {MAX_CONFIG_ITEMS})"
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                return f"must be a list of {len(args)} items, not {len(value)}"
+            item_hints = list(args)
+        else:
+            item_hints = [args[0] if args else Any] * len(value)
+        for i, (item, h) in enumerate(zip(value, item_hints, strict=True)):
+            problem = _value_problem(item, h, depth + 1)
+            if problem is not None:
+                return f"item {i} {problem}"
+        return None
+    if origin is dict or hint is dict:
+        if type(value) is not dict:
+            return f"must be an object, not {_json_type(value)}"
+        if len(value) > MAX_CONFIG_ITEMS:
+            return f"object of {len(value)} keys (at most {MAX_CONFIG_ITEMS})"
+        value_hint = args[1] if len(args) == 2 else Any
+        for k, v in value.items():
+            problem = _value_problem(v, value_hint, depth + 1)
+            if problem is not None:
+                return f"key {str(k)[:40]!r} {problem}"
+        return None
+    return None  # an annotation not known here: the config class checks it itself

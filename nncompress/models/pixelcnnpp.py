@@ -45,6 +45,45 @@ def concat_elu(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return F.elu(torch.cat([x, -x], dim))
 
 
+class FloatArithmetic:
+    """The stepper's elementwise operations on the float path (v0.3's arithmetic); the
+    integer path's counterpart is quant.fixed.IntegerArithmetic, with the same methods."""
+
+    dtype = torch.float32
+    integer = False
+    one = 1.0  # the constant input channel
+    pixels = staticmethod(scale_pixels)
+
+    @staticmethod
+    def fin(acc: torch.Tensor, post: torch.Tensor | None) -> torch.Tensor:
+        """A complete accumulation: nothing to do in float."""
+        return acc
+
+    @staticmethod
+    def elu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            return F.elu(x)
+        return torch.ops.aten.elu.out(x, out=out)
+
+    @staticmethod
+    def concat_elu(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        return concat_elu(x, dim)
+
+    @staticmethod
+    def gate(
+        x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.addcmul(x, a, torch.sigmoid(b), out=out)
+
+
+FLOAT = FloatArithmetic()
+
+
+def _cat_post(*posts: torch.Tensor | None) -> torch.Tensor | None:
+    """Requantization multipliers of concatenated outputs (None on the float path)."""
+    return None if posts[0] is None else torch.cat(posts)
+
+
 def _down_shift(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W): move every row one down, zeros in row 0."""
     return F.pad(x, (0, 0, 1, 0))[:, :, : x.shape[2]]
@@ -71,16 +110,24 @@ class ConvStep:
     bias: torch.Tensor
     kw: int
     stride: int
+    #: Integer path: 2^-k per output channel, the requantization after the accumulation.
+    post: torch.Tensor | None = None
 
     @staticmethod
-    def of(weight: torch.Tensor, bias: torch.Tensor, stride: int = 1) -> ConvStep:
+    def of(
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        stride: int = 1,
+        post: torch.Tensor | None = None,
+    ) -> ConvStep:
         """weight: (Cout, Cin, kh, kw), bias: (Cout,), both effective (detached)."""
-        return ConvStep(_window_matrix(weight), bias, weight.shape[3], stride)
+        return ConvStep(_window_matrix(weight), bias, weight.shape[3], stride, post)
 
     def paired(self) -> ConvStep:
         """The same conv with its outputs followed by their negations: [y, -y] (2 Cout)."""
         mat = torch.cat([self.mat, -self.mat], 1).contiguous()
-        return ConvStep(mat, torch.cat([self.bias, -self.bias]), self.kw, self.stride)
+        bias = torch.cat([self.bias, -self.bias])
+        return ConvStep(mat, bias, self.kw, self.stride, _cat_post(self.post, self.post))
 
     def split_rows(self, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Split a 2x2 kernel (columns q-1, q of the row above and of the current row) for
@@ -168,11 +215,21 @@ class DeconvStep:
     bias: torch.Tensor
     taps: torch.Tensor
     row_taps: torch.Tensor
+    post: torch.Tensor | None = None  # see ConvStep
+
+    @staticmethod
+    def of(w: torch.Tensor, bias: torch.Tensor, post: torch.Tensor | None = None) -> DeconvStep:
+        """w: (Cin, Cout, kh, kw), bias: (Cout,), both effective (detached)."""
+        cin, cout, kh, kw = w.shape
+        taps = w.permute(2, 3, 0, 1).reshape(kh * kw, cin, cout).contiguous()
+        row_taps = w.permute(2, 0, 3, 1).reshape(kh, cin, kw * cout).contiguous()
+        return DeconvStep(bias, taps, row_taps, post)
 
     def paired(self) -> DeconvStep:
         """Pixel taps with their outputs followed by their negations: [y, -y] (2 Cout)."""
         taps = torch.cat([self.taps, -self.taps], 2).contiguous()
-        return DeconvStep(torch.cat([self.bias, -self.bias]), taps, self.row_taps)
+        bias = torch.cat([self.bias, -self.bias])
+        return DeconvStep(bias, taps, self.row_taps, _cat_post(self.post, self.post))
 
 
 class ShiftedDeconv2d(nn.Module):
@@ -207,11 +264,7 @@ class ShiftedDeconv2d(nn.Module):
         return y[:, :, : size[0], off : off + size[1]]
 
     def step_weights(self) -> DeconvStep:
-        w = self.weight().detach().float()  # (Cin, Cout, kh, kw)
-        cin, cout, kh, kw = w.shape
-        taps = w.permute(2, 3, 0, 1).reshape(kh * kw, cin, cout).contiguous()
-        row_taps = w.permute(2, 0, 3, 1).reshape(kh, cin, kw * cout).contiguous()
-        return DeconvStep(self.b.detach().float(), taps, row_taps)
+        return DeconvStep.of(self.weight().detach().float(), self.b.detach().float())
 
     def step_row(
         self, sw: DeconvStep, x: torch.Tensor, parity: torch.Tensor, width: int
@@ -241,6 +294,7 @@ class LinearStep:
 
     mat: torch.Tensor
     bias: torch.Tensor
+    post: torch.Tensor | None = None  # see ConvStep
 
 
 class Nin(nn.Module):
@@ -282,6 +336,37 @@ class GatedStep:
     gate: ConvStep
     gate_pair: ConvStep
 
+    @staticmethod
+    def of(
+        w: torch.Tensor,
+        bias: torch.Tensor,
+        nin: LinearStep | None,
+        n_aux: int,
+        gate: ConvStep,
+        post: torch.Tensor | None = None,
+    ) -> GatedStep:
+        """w, bias: the first conv's effective weights (F, 2F, kh, kw), (F,); ``nin`` the
+        aux inputs' nin (or None); ``gate`` the second conv's; ``post`` the requantization
+        of the first conv's sum (shared with the nin's) on the integer path."""
+        aux = []
+        if nin is not None:
+            bias = bias + nin.bias
+            # Rows of the nin matrix, one block of 2F per aux input.
+            for m in nin.mat.chunk(n_aux, dim=0):
+                aux.append(torch.cat([m, -m], 1).contiguous())
+        hidden = ConvStep.of(torch.cat([w, -w]), torch.cat([bias, -bias]), 1, _cat_post(post, post))
+        ma, mb = gate.mat.chunk(2, dim=1)
+        ba, bb = gate.bias.chunk(2)
+        pa, pb = gate.post.chunk(2) if gate.post is not None else (None, None)
+        pair = ConvStep(
+            torch.cat([ma, -ma, mb, mb], 1).contiguous(),
+            torch.cat([ba, -ba, bb, bb]),
+            gate.kw,
+            gate.stride,
+            _cat_post(pa, pa, pb, pb),
+        )
+        return GatedStep(hidden, tuple(aux), gate, pair)
+
 
 @dataclass(frozen=True)
 class GatedPixelStep:
@@ -299,6 +384,8 @@ class GatedPixelStep:
     gate_cur: torch.Tensor
     u_aux: torch.Tensor
     skip: torch.Tensor | None
+    hidden_post: torch.Tensor | None
+    gate_post: torch.Tensor | None
 
     @staticmethod
     def of(sw: GatedStep) -> GatedPixelStep:
@@ -316,6 +403,8 @@ class GatedPixelStep:
             gate_cur,
             sw.aux[0],
             skip,
+            sw.hidden.post,
+            sw.gate_pair.post,
         )
 
 
@@ -351,38 +440,23 @@ class GatedResnet(nn.Module):
     def step_weights(self) -> GatedStep:
         w = self.conv_a.weight().detach().float()
         bias = self.conv_a.b.detach().float()
-        aux = []
-        if self.nin is not None:
-            lin = self.nin.step_weights()
-            bias = bias + lin.bias
-            # Rows of the nin matrix, one block of 2F per aux input.
-            for m in lin.mat.chunk(self.n_aux, dim=0):
-                aux.append(torch.cat([m, -m], 1).contiguous())
-        hidden = ConvStep.of(torch.cat([w, -w]), torch.cat([bias, -bias]))
-        gate = self.conv_b.step_weights()
-        ma, mb = gate.mat.chunk(2, dim=1)
-        ba, bb = gate.bias.chunk(2)
-        pair = ConvStep(
-            torch.cat([ma, -ma, mb, mb], 1).contiguous(),
-            torch.cat([ba, -ba, bb, bb]),
-            gate.kw,
-            gate.stride,
-        )
-        return GatedStep(hidden, tuple(aux), gate, pair)
+        nin = self.nin.step_weights() if self.nin is not None else None
+        return GatedStep.of(w, bias, nin, self.n_aux, self.conv_b.step_weights())
 
     @staticmethod
-    def _hidden(h: torch.Tensor, sw: GatedStep, aux: list[torch.Tensor]) -> torch.Tensor:
+    def _hidden(ar, h: torch.Tensor, sw: GatedStep, aux: list[torch.Tensor]) -> torch.Tensor:
         for a, m in zip(aux, sw.aux, strict=True):
             h.addmm_(a, m)
-        return F.elu(h, inplace=True)
+        return ar.elu(ar.fin(h, sw.hidden.post), out=h)
 
     @staticmethod
-    def _gate(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        a, b = g.chunk(2, dim=1)
-        return torch.addcmul(x, a, torch.sigmoid(b))
+    def _gate(ar, x: torch.Tensor, sw: GatedStep, g: torch.Tensor) -> torch.Tensor:
+        a, b = ar.fin(g, sw.gate.post).chunk(2, dim=1)
+        return ar.gate(x, a, b)
 
     @staticmethod
     def pixel_hidden(
+        ar,
         sw: GatedPixelStep,
         base: torch.Tensor,
         pair: torch.Tensor,
@@ -398,10 +472,11 @@ class GatedResnet(nn.Module):
         base.addmm_(pair, sw.hidden_cur[parity])
         if skip is not None:
             base.addmm_(skip, sw.skip)
-        torch.ops.aten.elu.out(base, out=out)
+        ar.elu(ar.fin(base, sw.hidden_post), out=out)
 
     @staticmethod
     def pixel_out(
+        ar,
         sw: GatedPixelStep,
         x2: torch.Tensor,
         base: torch.Tensor,
@@ -413,25 +488,25 @@ class GatedResnet(nn.Module):
         overwritten; pair (N, 4F) the current row's two concat_elu(c1) cells -> the output
         as [y, -y] (negation is exact, so the halves stay each other's), into ``out`` if
         given."""
-        g = base.addmm_(pair, sw.gate_cur[parity])  # (N, 4F): [a, -a, b, b]
+        g = ar.fin(base.addmm_(pair, sw.gate_cur[parity]), sw.gate_post)  # [a, -a, b, b]
         f2 = x2.shape[1]
-        return torch.addcmul(x2, g[:, :f2], torch.sigmoid(g[:, f2:]), out=out)
+        return ar.gate(x2, g[:, :f2], g[:, f2:], out=out)
 
     @staticmethod
     def step_hidden_row(
-        sw: GatedStep, rows: torch.Tensor, aux: list[torch.Tensor], order: torch.Tensor
+        ar, sw: GatedStep, rows: torch.Tensor, aux: list[torch.Tensor], order: torch.Tensor
     ) -> torch.Tensor:
         """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs, its slots top-down
         in ``order``; aux (B*W, 2F) each. Returns concat_elu(c1): (B*W, 2F)."""
         h = ShiftedConv2d.step_row(sw.hidden, rows, order)
-        return GatedResnet._hidden(h, sw, aux)
+        return GatedResnet._hidden(ar, h, sw, aux)
 
     @staticmethod
     def step_out_row(
-        sw: GatedStep, x: torch.Tensor, rows: torch.Tensor, order: torch.Tensor
+        ar, sw: GatedStep, x: torch.Tensor, rows: torch.Tensor, order: torch.Tensor
     ) -> torch.Tensor:
         """x: (B*W, F) raw input row; rows: (B, W+2, 2, 2F) ring of concat_elu(c1)."""
-        return GatedResnet._gate(x, ShiftedConv2d.step_row(sw.gate, rows, order))
+        return GatedResnet._gate(ar, x, sw, ShiftedConv2d.step_row(sw.gate, rows, order))
 
 
 @dataclass(frozen=True)
@@ -560,6 +635,10 @@ class PixelCNNpp(LikelihoodModel):
 
     def stepper(self, batch: int, height: int, width: int) -> PixelCNNppStepper:
         return PixelCNNppStepper(self, batch, height, width)
+
+    def arithmetic(self, device: torch.device) -> FloatArithmetic:
+        """The stepper's elementwise operations (the integer model has its own)."""
+        return FLOAT
 
 
 # ----------------------------------------------------------------------------------------
@@ -846,7 +925,8 @@ class PixelCNNppStepper(Stepper):
         self.batch, self.height, self.width = batch, height, width
         f = self.filters = cfg.nr_filters
         self.sizes = level_sizes(height, width)
-        like = next(model.parameters()).detach().float()
+        self.ar = ar = model.arithmetic(self.canvas.device)
+        like = torch.zeros((), dtype=ar.dtype, device=self.canvas.device)
         c = model.channels
         with torch.no_grad():
             self.w_u_init = model.u_init.step_weights()
@@ -875,7 +955,7 @@ class PixelCNNppStepper(Stepper):
             for m in model.down_ul:
                 sw = m.step_weights().paired()
                 above, cur = sw.split_rows(2 * f)
-                self.w_down_ul.append((sw.bias, above, cur[0]))
+                self.w_down_ul.append((sw.bias, above, cur[0], sw.post))
             # The 2x1 conv of the image at level 0: the pixel left of x in the row above
             # (per row) and in the current row (per pixel; zero weights at x = 0).
             left = model.ul_init_left.step_weights().paired()
@@ -897,9 +977,9 @@ class PixelCNNppStepper(Stepper):
         # row. Slot 0 (row 0) has its constant channel from the start; slot 1 is the zero
         # padding above row 0 until row 1 arrives (see _image_rows).
         self.x_ring = _new_ring(batch, width + 2, c + 1, like)
-        self.x_ring[:, 1 : width + 1, 0, c] = 1.0
+        self.x_ring[:, 1 : width + 1, 0, c] = ar.one
         # The pixel left of the current one, scaled, with the constant channel.
-        self.pix_in = like.new_ones(batch, c + 1)
+        self.pix_in = like.new_full((batch, c + 1), ar.one)
         self.out = like.new_zeros(batch, model.distribution.num_params)
         self.params_buffer = self.out
         # The index: one row of ``index_table`` per raster position, copied into ``index``
@@ -981,16 +1061,16 @@ class PixelCNNppStepper(Stepper):
         for lv in reversed(range(min(n, NUM_LEVELS - 1))):
             ix = self.lv_ix[lv]
             above = self.levels[lv + 1].ul_out_raw.index_select(1, ix.up)
-            ul = self.model.deconv_ul[lv].step_pixel(
-                self.w_deconv_ul[lv], above.view(self.batch, self.filters), ix.tap
-            )
-            ul = self._ul_down(lv, ul, par[lv])
+            sw = self.w_deconv_ul[lv]
+            ul = self.model.deconv_ul[lv].step_pixel(sw, above.view(self.batch, self.filters), ix.tap)
+            ul = self._ul_down(lv, self.ar.fin(ul, sw.post), par[lv])
         for lv in range(n):
             cache = self.levels[lv]
             current = cache.stage[:, :, par[lv]].unsqueeze(2)  # (B, nodes, 1, 2F)
             _index_write(cache.record, 2, self.lv_ix[lv].rec, current)
         f = self.filters
-        return Nin.step(self.w_out, F.elu(ul[:, :f]), out=self.out)
+        Nin.step(self.w_out, self.ar.elu(ul[:, :f]), out=self.out)
+        return self.ar.fin(self.out, self.w_out.post)
 
     # -- u stream: whole rows, and the ul stream's bases --------------------------------
 
@@ -1010,16 +1090,17 @@ class PixelCNNppStepper(Stepper):
         last = [self._u_up(0, self._image_rows(first_rows))]
         for lv in range(1, n):
             below = self.levels[lv - 1].u_last_raw  # rows 2p-1, 2p: bottom-up in the ring
-            last.append(
-                self._u_up(lv, ShiftedConv2d.step_row(self.w_down_u[lv - 1], below, self.bottom_up))
-            )
+            sw = self.w_down_u[lv - 1]
+            u = self.ar.fin(ShiftedConv2d.step_row(sw, below, self.bottom_up), sw.post)
+            last.append(self._u_up(lv, u))
         for lv in reversed(range(n)):
             if lv == NUM_LEVELS - 1:
                 u = last[lv]
             else:
                 slot, width = self.lv_ix[lv].slot, self.sizes[lv][1]
-                src = self.levels[lv + 1].u_out_raw
-                u = self.model.deconv_u[lv].step_row(self.w_deconv_u[lv], src, slot, width)
+                src, sw = self.levels[lv + 1].u_out_raw, self.w_deconv_u[lv]
+                u = self.model.deconv_u[lv].step_row(sw, src, slot, width)
+                u = self.ar.fin(u, sw.post)
                 self._put_row(self.levels[lv].u_dn[0], slot, u)
             self._u_down(lv, u)
         for lv in range(n):
@@ -1064,8 +1145,9 @@ class PixelCNNppStepper(Stepper):
             inp.copy_(self.left_bias.expand_as(inp))
         else:
             row = self.canvas.index_select(2, ix.row)[:, :, 0, :]  # (B, C, W)
-            _put_slot(self.x_ring[..., :c], ix.slot, scale_pixels(row).permute(0, 2, 1))
+            _put_slot(self.x_ring[..., :c], ix.slot, self.ar.pixels(row).permute(0, 2, 1))
             u = ShiftedConv2d.step_row(self.w_u_init, self.x_ring, ix.order)
+            u = self.ar.fin(u, self.w_u_init.post)
             one_row = self.x_ring.index_select(2, ix.slot)
             top = ShiftedConv2d.step_row(self.w_ul_top, one_row, None)
             torch.add(top.view(b, w, -1), self.left_bias, out=inp)
@@ -1075,7 +1157,7 @@ class PixelCNNppStepper(Stepper):
         if first_rows == 1:
             # Slot 1 stood for the zero padding above row 0 until now; from here on it
             # holds image rows, whose constant channel is one.
-            self.x_ring[:, 1 : self.width + 1, 1, c] = 1.0
+            self.x_ring[:, 1 : self.width + 1, 1, c] = self.ar.one
         return u
 
     def _ul_bases(self, lv: int) -> None:
@@ -1092,7 +1174,7 @@ class PixelCNNppStepper(Stepper):
             return _pairs(rec[:, node], w, stride)
 
         if lv > 0:
-            bias, w_above, _ = self.w_down_ul[lv - 1]
+            bias, w_above, _, _ = self.w_down_ul[lv - 1]
             below = self.levels[lv - 1].record
             torch.addmm(bias, above(below, self.plans[lv - 1].raw, 2), w_above, out=base(plan.inp))
         u_nodes = [(blk, cache.u_up[k + 1]) for k, blk in enumerate(plan.up)]
@@ -1109,7 +1191,7 @@ class PixelCNNppStepper(Stepper):
 
     def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:
         """concat_elu of a raw row u (B*W, F) into slot ``slot`` of a ring."""
-        _put_slot(ring, slot, concat_elu(u.view(self.batch, -1, self.filters), dim=-1))
+        _put_slot(ring, slot, self.ar.concat_elu(u.view(self.batch, -1, self.filters), dim=-1))
 
     def _gated_row(
         self,
@@ -1124,30 +1206,32 @@ class PixelCNNppStepper(Stepper):
         concat_elu in ring_in; the hidden layer goes to ring_c1. Returns the raw output row
         (B*W, F)."""
         ix = self.lv_ix[lv]
-        c1 = GatedResnet.step_hidden_row(sw, ring_in, aux, ix.order)
+        c1 = GatedResnet.step_hidden_row(self.ar, sw, ring_in, aux, ix.order)
         _put_slot(ring_c1, ix.slot, c1.view(self.batch, self.levels[lv].width, -1))
-        return GatedResnet.step_out_row(sw, u, ring_c1, ix.order)
+        return GatedResnet.step_out_row(self.ar, sw, u, ring_c1, ix.order)
 
     # -- ul stream: one position per level ---------------------------------------------
 
     def _ul_level0(self) -> torch.Tensor:
         """The level-0 ul input at the current position: (B, 2F) raw pair."""
         c = self.model.channels
-        self.pix_in[:, :c] = scale_pixels(self.values)  # the pixel left of x
+        self.pix_in[:, :c] = self.ar.pixels(self.values)  # the pixel left of x
         w = self.w_left_cur.index_select(0, self.img_ix.left)[0]  # zero at x = 0
-        return self.levels[0].base[:, self.plans[0].inp].addmm_(self.pix_in, w)
+        acc = self.levels[0].base[:, self.plans[0].inp].addmm_(self.pix_in, w)
+        return self.ar.fin(acc, self.w_ul_top.post)  # the top and left convs share it
 
     def _ul_downsample(self, lv: int) -> torch.Tensor:
         """The stride-2 conv into level lv at the current position: (B, 2F) raw pair."""
         below = self.levels[lv - 1].stage[:, self.plans[lv - 1].raw]
         base = self.levels[lv].base[:, self.plans[lv].inp]
-        return base.addmm_(below.reshape(self.batch, -1), self.w_down_ul[lv - 1][2])
+        _, _, cur, post = self.w_down_ul[lv - 1]
+        return self.ar.fin(base.addmm_(below.reshape(self.batch, -1), cur), post)
 
     def _ul_up(self, lv: int, ul: torch.Tensor, parity: int) -> torch.Tensor:
         """Up-pass ul blocks at level lv, current position, from the level's input ul
         (B, 2F) raw pair; returns the last up node, raw."""
         stage = self.levels[lv].stage
-        torch.ops.aten.elu.out(ul, out=stage[:, 0, parity])
+        self.ar.elu(ul, out=stage[:, 0, parity])
         plan = self.plans[lv]
         for blk in plan.up:
             ul = self._gated_pixel(lv, blk, ul, parity)
@@ -1160,7 +1244,7 @@ class PixelCNNppStepper(Stepper):
         (B, 2F) raw pair; returns the last node (B, 2F) and keeps it for the finer level."""
         cache, plan, f = self.levels[lv], self.plans[lv], self.filters
         if lv < NUM_LEVELS - 1:
-            torch.ops.aten.elu.out(ul, out=cache.stage[:, plan.dn_in, parity])
+            self.ar.elu(ul, out=cache.stage[:, plan.dn_in, parity])
         for blk in plan.down:
             ul = self._gated_pixel(lv, blk, ul, parity)
         if lv > 0:
@@ -1177,10 +1261,11 @@ class PixelCNNppStepper(Stepper):
         skip = stage[:, blk.skip, parity] if blk.skip is not None else None
         c1 = stage[:, blk.c1, parity]
         pair_in = stage[:, blk.inp].reshape(b, -1)
-        GatedResnet.pixel_hidden(blk.w, base[:, blk.hidden], pair_in, parity, skip, c1)
+        ar = self.ar
+        GatedResnet.pixel_hidden(ar, blk.w, base[:, blk.hidden], pair_in, parity, skip, c1)
         raw = stage[:, blk.raw, parity] if blk.raw is not None else None
         pair_c1 = stage[:, blk.c1].reshape(b, -1)
-        ul = GatedResnet.pixel_out(blk.w, ul, base[:, blk.gate], pair_c1, parity, out=raw)
+        ul = GatedResnet.pixel_out(ar, blk.w, ul, base[:, blk.gate], pair_c1, parity, out=raw)
         if blk.out is not None:
-            torch.ops.aten.elu.out(ul, out=stage[:, blk.out, parity])
+            ar.elu(ul, out=stage[:, blk.out, parity])
         return ul
