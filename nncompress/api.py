@@ -4,6 +4,10 @@
     >>> data = api.compress(Image.open("photo.png"))       # bytes of a .nnc file
     >>> image = api.decompress(data)                         # identical pixels
 
+Images may be given as Pillow images, uint8 numpy arrays (HxW, HxWx3, HxWx4) or paths; other
+types raise TypeError. Images (and .nnc headers) with more than ``max_pixels`` pixels
+(default: images.DEFAULT_MAX_PIXELS, Pillow's limit) are refused before any work.
+
 Many images given together are coded in one schedule (their tiles share each batch step),
 which is much faster on a GPU than one by one. Each image still gets its own file.
 """
@@ -30,7 +34,14 @@ from .errors import (
     ModelMismatchError,
     UnsupportedImageError,
 )
-from .images import Picture, pixel_crc32, to_picture
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    Picture,
+    as_image,
+    check_pixel_count,
+    pixel_crc32,
+    to_picture,
+)
 from .modelfile import LoadedModel
 from .runtime import coding_context, default_cpu_threads, resolve_device
 from .zoo import default_model_name
@@ -45,6 +56,56 @@ DEFAULT_MAX_BATCH = MappingProxyType({"cpu": 512, "cuda": 2048})
 GROUP_ID_BYTES = 16
 
 ProgressFactory = Callable[[int, str], Callable[[int], None]]  # (total steps, label) -> update
+# What the entry points take as an image (see images.as_image).
+ImageInput = Image.Image | np.ndarray | str | Path
+
+
+def _not_one_image(images: object) -> None:
+    """TypeError for one image given where a sequence is expected (an array or a path would
+    otherwise be taken apart row by row or character by character)."""
+    if isinstance(images, (Image.Image, np.ndarray, str, Path, bytes)):
+        raise TypeError(
+            f"expected a sequence of images, not one {type(images).__name__} "
+            "(put it in a list, or use compress() for a single image)"
+        )
+
+
+def _image_list(images: object, max_pixels: int | None) -> list[Image.Image]:
+    """A sequence of images (see ImageInput) as Pillow images."""
+    _not_one_image(images)
+    try:
+        items = list(images)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"expected a sequence of images, not {type(images).__name__}") from None
+    return [as_image(im, max_pixels) for im in items]
+
+
+def _blob_list(blobs: object) -> list[bytes]:
+    """.nnc files as bytes: bytes-like objects as they are, paths (str / Path) read."""
+    if isinstance(blobs, (bytes, bytearray, memoryview, str, Path)):
+        raise TypeError(
+            f"expected a sequence of .nnc files, not one {type(blobs).__name__} "
+            "(use decompress() for a single file)"
+        )
+    try:
+        items = list(blobs)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"expected a sequence of .nnc files, not {type(blobs).__name__}") from None
+    return [_blob(b) for b in items]
+
+
+def _blob(data: object) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.stat().st_size > container.MAX_FILE_BYTES:
+            raise FormatError(f"{path}: larger than MAX_FILE_BYTES ({container.MAX_FILE_BYTES})")
+        return path.read_bytes()
+    raise TypeError(
+        "expected the bytes of a .nnc file or a path to one (str or pathlib.Path), "
+        f"not {type(data).__module__}.{type(data).__qualname__}"
+    )
 
 
 def load_model(name_or_path: str | Path | LoadedModel) -> LoadedModel:
@@ -123,16 +184,20 @@ class EncodeResult:
 
 
 def compress_detailed(
-    images: Sequence[Image.Image],
+    images: Sequence[ImageInput],
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     tile: int | tuple[int, int] | None = None,
     max_batch: int | None = None,
     progress: ProgressFactory | None = None,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[EncodeResult]:
-    """Compress images; images needing the same model are coded in one schedule, in
-    batches of at most ``max_batch`` tiles (default: DEFAULT_MAX_BATCH of the device)."""
-    pictures = [to_picture(im) for im in images]
+    """Compress images (Pillow images, uint8 arrays or paths); images needing the same
+    model are coded in one schedule, in batches of at most ``max_batch`` tiles (default:
+    DEFAULT_MAX_BATCH of the device). An image of more than ``max_pixels`` pixels (None:
+    the format's limit only) raises UnsupportedImageError before any coding."""
+    pictures = [to_picture(im) for im in _image_list(images, max_pixels)]
     dev = resolve_device(device)
     if max_batch is None:
         max_batch = DEFAULT_MAX_BATCH[dev.type]
@@ -215,25 +280,36 @@ def _group_id(lm, pictures, crcs, tile, schedule) -> bytes:
 
 
 def compress_many(
-    images: Sequence[Image.Image],
+    images: Sequence[ImageInput],
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     tile: int | tuple[int, int] | None = None,
     progress: bool | ProgressFactory = False,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[bytes]:
-    """Compress images to .nnc bytes (one file each), coded together in one schedule."""
+    """Compress images (Pillow images, uint8 arrays or paths) to .nnc bytes (one file
+    each), coded together in one schedule."""
     factory = _tqdm_factory if progress is True else (progress or None)
-    return [r.data for r in compress_detailed(images, model, device, tile, progress=factory)]
+    results = compress_detailed(
+        images, model, device, tile, progress=factory, max_pixels=max_pixels
+    )
+    return [r.data for r in results]
 
 
 def compress(
-    image: Image.Image,
+    image: ImageInput,
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     tile: int | tuple[int, int] | None = None,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> bytes:
-    """Compress one image to the bytes of a .nnc file."""
-    return compress_many([image], model, device, tile)[0]
+    """Compress one image to the bytes of a .nnc file. ``image``: a Pillow image, a uint8
+    numpy array (HxW greyscale, HxWx3 RGB, HxWx4 RGBA with opaque alpha) or a path (str or
+    pathlib.Path) to an image file; anything else raises TypeError."""
+    one = as_image(image, max_pixels)  # here, so that a TypeError speaks of one image
+    return compress_many([one], model, device, tile, max_pixels=max_pixels)[0]
 
 
 def _decode_device(header: container.Header, device: str) -> torch.device:
@@ -250,14 +326,20 @@ def _decode_device(header: container.Header, device: str) -> torch.device:
 
 
 def decompress_many(
-    blobs: Sequence[bytes],
+    blobs: Sequence[bytes | str | Path],
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     progress: bool | ProgressFactory = False,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[Image.Image]:
-    """Decode .nnc files. Files encoded together are decoded together (same schedule)."""
+    """Decode .nnc files (bytes, or paths to files). Files encoded together are decoded
+    together (same schedule). A header claiming more than ``max_pixels`` pixels (None: no
+    limit but the format's) raises UnsupportedImageError before anything is decoded."""
     factory = _tqdm_factory if progress is True else (progress or None)
-    parsed = [container.unpack(b) for b in blobs]
+    parsed = [container.unpack(b) for b in _blob_list(blobs)]
+    for h, _ in parsed:
+        check_pixel_count(h.width, h.height, max_pixels)
     given = load_model(model) if model is not None else None
     out: list[Image.Image | None] = [None] * len(parsed)
     groups: dict[tuple, list[int]] = {}
@@ -328,10 +410,15 @@ def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel
 
 
 def decompress(
-    data: bytes, model: str | Path | LoadedModel | None = None, device: str = "auto"
+    data: bytes | str | Path,
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
-    """Decode the bytes of one .nnc file to a Pillow image with the original pixels and mode."""
-    return decompress_many([data], model, device)[0]
+    """Decode one .nnc file (its bytes, or a path to it) to a Pillow image with the original
+    pixels and mode."""
+    return decompress_many([_blob(data)], model, device, max_pixels=max_pixels)[0]
 
 
 @dataclass
@@ -346,18 +433,20 @@ class ScoreResult:
 
 
 def iter_scores(
-    images: Iterable[Image.Image],
+    images: Iterable[ImageInput],
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     tile: int | tuple[int, int] | None = None,
     max_batch: int = 64,
 ) -> Iterator[ScoreResult]:
     """One parallel pass per image over the same tiles the coder would use (so the number
-    predicts the coded size), in chunks of ``max_batch`` tiles; results as images come."""
+    predicts the coded size), in chunks of ``max_batch`` tiles; results as images come.
+    Images: Pillow images, uint8 arrays or paths (see images.as_image)."""
+    _not_one_image(images)
     dev = resolve_device(device)
     models: dict[int, LoadedModel] = {}  # by channels: load (and hash) each file once
     for im in images:
-        pic = to_picture(im)
+        pic = to_picture(im if isinstance(im, Image.Image) else as_image(im))
         if pic.channels not in models:
             models[pic.channels] = _model_for(model, pic.channels, dev.type)
         lm = models[pic.channels]
@@ -375,18 +464,19 @@ def iter_scores(
 
 
 def score_detailed(
-    images: Sequence[Image.Image],
+    images: Sequence[ImageInput],
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     tile: int | tuple[int, int] | None = None,
     max_batch: int = 64,
 ) -> list[ScoreResult]:
     """``iter_scores`` as a list."""
+    _not_one_image(images)
     return list(iter_scores(images, model, device, tile, max_batch))
 
 
 def score(
-    images: Sequence[Image.Image],
+    images: Sequence[ImageInput],
     model: str | Path | LoadedModel | None = None,
     device: str = "auto",
     tile: int | tuple[int, int] | None = None,

@@ -3,11 +3,16 @@
 Supported: 8-bit L and RGB; LA and RGBA whose alpha is fully opaque (the alpha is not coded
 and comes back as 255); palette images through RGB (or RGBA, same rule); bilevel ("1")
 through L. Everything else is refused with UnsupportedImageError.
+
+The API's inputs go through ``as_image``: a Pillow image, a uint8 numpy array (HxW, HxWx1,
+HxWx2, HxWx3 or HxWx4) or a path; anything else is a TypeError.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,12 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UnsupportedImageError
 
 OPAQUE = 255
+# Most pixels an image (or a .nnc header) may have unless the caller raises the limit
+# (--max-pixels, max_pixels=): Pillow's default Image.MAX_IMAGE_PIXELS, about 89.5 million
+# (a 0.25 GiB RGBA image). The format itself stops at container.MAX_PIXELS (2**28).
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+# numpy arrays: the channel count of an HxWxC array -> its Pillow mode.
+ARRAY_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 # File names taken as images where a folder is given (train, encode, score).
 IMAGE_SUFFIXES = frozenset(
     {".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
@@ -84,19 +95,117 @@ def pixel_crc32(image: Image.Image) -> int:
     return zlib.crc32(image.tobytes()) & 0xFFFFFFFF
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
-    """Open an image file (or bytes) fully into memory; UnsupportedImageError if unreadable."""
+def check_pixel_count(
+    width: int, height: int, max_pixels: int | None, option: str = "max_pixels"
+) -> None:
+    """UnsupportedImageError when width x height exceeds ``max_pixels`` (None: no limit but
+    the format's), naming the limit and ``option``, the setting that raises it."""
+    from .container import MAX_PIXELS  # here: the container may come to import this module
+
+    n = width * height
+    if max_pixels is not None and n > max_pixels:
+        raise UnsupportedImageError(
+            f"image {width}x{height} has {n:,} pixels, more than the limit of {max_pixels:,} "
+            f"(raise it with {option})"
+        )
+    if n > MAX_PIXELS:
+        raise UnsupportedImageError(
+            f"image {width}x{height} has {n:,} pixels, more than a .nnc file holds ({MAX_PIXELS:,})"
+        )
+
+
+def open_image(
+    source: str | Path | bytes, max_pixels: int | None = None, option: str = "max_pixels"
+) -> Image.Image:
+    """Open an image file (or bytes) fully into memory; UnsupportedImageError if unreadable.
+
+    With ``max_pixels``, the size in the file's header is checked against it (see
+    ``check_pixel_count``) before the pixels are read, in place of Pillow's own
+    decompression-bomb limit; without it, Pillow's limit applies.
+    """
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     except OSError as e:
         raise UnsupportedImageError(f"cannot read {source}: {e.strerror or e}") from None
     with fp:
         try:
-            img = Image.open(fp)
-            img.load()
+            if max_pixels is None:
+                img = Image.open(fp)
+                img.load()
+            else:
+                img = _open_limited(fp, max_pixels, option)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise UnsupportedImageError(f"not a readable image ({e})") from None
     return img
+
+
+def _open_limited(fp, max_pixels: int, option: str) -> Image.Image:
+    """Image.open (which reads the header only), our size check, then the pixels. Pillow's
+    limit (a module global, restored after) is lifted for the open so that the check with
+    its message comes first, and set to ``max_pixels`` for the load (frames of animations)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        img = Image.open(fp)
+        check_pixel_count(img.width, img.height, max_pixels, option)
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    return img
+
+
+def as_image(obj: object, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A Pillow image from what the API accepts: a Pillow image, a numpy array (HxW or
+    HxWxC with C in 1..4, uint8) or a path (str or os.PathLike) to an image file.
+
+    TypeError for any other type; UnsupportedImageError for arrays of another dtype or
+    shape, unreadable files, and images with more than ``max_pixels`` pixels (checked
+    before an array is copied or a file's pixels are read).
+    """
+    if isinstance(obj, Image.Image):
+        check_pixel_count(obj.width, obj.height, max_pixels)
+        return obj
+    if isinstance(obj, np.ndarray):
+        return _array_image(obj, max_pixels)
+    if isinstance(obj, (str, os.PathLike)):
+        from .container import MAX_PIXELS
+
+        return open_image(Path(obj), MAX_PIXELS if max_pixels is None else max_pixels)
+    hint = ""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        hint = " (for the bytes of an image file, pass Image.open(io.BytesIO(data)))"
+    raise TypeError(
+        "expected an image: a PIL.Image.Image, a numpy array (HxW, HxWx3 or HxWx4 uint8) "
+        f"or a path (str or pathlib.Path), not {type(obj).__module__}.{type(obj).__qualname__}"
+        + hint
+    )
+
+
+def _array_image(a: np.ndarray, max_pixels: int | None) -> Image.Image:
+    shape = "x".join(map(str, a.shape)) or "()"
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in ARRAY_MODES):
+        raise UnsupportedImageError(
+            f"array of shape {shape} is not an image: expected HxW (greyscale), HxWx3 (RGB) "
+            "or HxWx4 (RGBA), height first"
+        )
+    if a.dtype == np.uint16:
+        raise UnsupportedImageError(
+            "16-bit arrays (uint16) are not supported: nncompress codes 8-bit images only"
+        )
+    if a.dtype != np.uint8:
+        raise UnsupportedImageError(
+            f"array of dtype {a.dtype} is not supported: expected uint8 (8 bits per subpixel)"
+        )
+    h, w = a.shape[:2]
+    if h < 1 or w < 1:
+        raise UnsupportedImageError("image has no pixels")
+    check_pixel_count(w, h, max_pixels)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(a))
 
 
 def to_picture(image: Image.Image) -> Picture:

@@ -1,0 +1,200 @@
+"""What the Python API takes as an image or a file, and what it refuses (issue 13)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_image
+from PIL import Image
+
+from nncompress import api, container
+from nncompress.errors import UnsupportedImageError
+from nncompress.images import DEFAULT_MAX_PIXELS, as_image
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def test_the_default_limit_is_pillows():
+    assert DEFAULT_MAX_PIXELS == 89_478_485 == int(1024 * 1024 * 1024 // 4 // 3)
+
+
+def test_compress_takes_pil_images_arrays_and_paths(tmp_path, model_dir):
+    rgb = random_image("RGB", 11, 7, seed=1)
+    grey = random_image("L", 6, 5, seed=2)
+    rgb.save(tmp_path / "rgb.png")
+    from_pil = api.compress(rgb, "hist-rgb", "cpu")
+    assert api.compress(pixels(rgb), "hist-rgb", "cpu") == from_pil
+    assert api.compress(str(tmp_path / "rgb.png"), "hist-rgb", "cpu") == from_pil
+    assert api.compress(tmp_path / "rgb.png", "hist-rgb", "cpu") == from_pil
+    for array in (pixels(grey), pixels(grey)[:, :, None]):  # HxW and HxWx1: greyscale
+        out = api.decompress(api.compress(array, "hist-grey", "cpu"))
+        assert out.mode == "L" and np.array_equal(pixels(out), pixels(grey))
+    rgba = np.concatenate([pixels(rgb), np.full((7, 11, 1), 255, np.uint8)], axis=2)
+    out = api.decompress(api.compress(rgba, "hist-rgb", "cpu"))
+    assert out.mode == "RGBA" and np.array_equal(pixels(out), rgba)
+    # a strided view is fine too (copied to contiguous memory)
+    wide = np.ascontiguousarray(np.repeat(pixels(rgb), 2, axis=1))
+    assert api.compress(wide[:, ::2], "hist-rgb", "cpu") == from_pil
+    blobs = api.compress_many([rgb, pixels(rgb), tmp_path / "rgb.png"], "hist-rgb", "cpu")
+    assert [pixels(im).tobytes() for im in api.decompress_many(blobs)] == [rgb.tobytes()] * 3
+
+
+def test_score_takes_arrays_and_paths(tmp_path, model_dir):
+    rgb = random_image("RGB", 9, 9, seed=3)
+    rgb.save(tmp_path / "s.png")
+    want = api.score([rgb], "hist-rgb", "cpu")
+    assert api.score([pixels(rgb), tmp_path / "s.png"], "hist-rgb", "cpu") == want * 2
+
+
+@pytest.mark.parametrize(
+    "array, needle",
+    [
+        (np.zeros((4, 4), np.uint16), "16-bit"),
+        (np.zeros((4, 4, 3), np.uint16), "16-bit"),
+        (np.zeros((4, 4, 3), np.float32), "dtype float32"),
+        (np.zeros((4, 4), bool), "dtype bool"),
+        (np.zeros((4, 4, 5), np.uint8), "shape 4x4x5"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "shape 2x4x4x3"),
+        (np.zeros(7, np.uint8), "shape 7"),
+        (np.zeros((0, 4), np.uint8), "no pixels"),
+    ],
+)
+def test_arrays_that_are_not_8_bit_images_are_refused_clearly(model_dir, array, needle):
+    with pytest.raises(UnsupportedImageError, match=needle):
+        api.compress(array, "hist-rgb", "cpu")
+
+
+def test_transparent_rgba_array_is_refused_as_for_images(model_dir):
+    rgba = np.zeros((3, 3, 4), np.uint8)
+    with pytest.raises(UnsupportedImageError, match="transparency"):
+        api.compress(rgba, "hist-rgb", "cpu")
+
+
+@pytest.mark.parametrize(
+    "thing, needle",
+    [
+        (None, "NoneType"),
+        (42, "int"),
+        ([[1, 2], [3, 4]], "list"),
+        (b"\x89PNG...", "io.BytesIO"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), "Tensor"),
+    ],
+)
+def test_anything_else_is_a_type_error(model_dir, thing, needle):
+    with pytest.raises(TypeError, match="expected an image") as e:
+        api.compress(thing, "hist-rgb", "cpu")
+    assert needle in str(e.value) and "numpy array" in str(e.value) and "path" in str(e.value)
+    with pytest.raises(TypeError, match="expected an image"):
+        api.compress_many([thing], "hist-rgb", "cpu")
+
+
+def test_one_image_where_a_sequence_is_expected_is_a_type_error(tmp_path, model_dir):
+    array = pixels(random_image("RGB", 4, 4))
+    for single in (array, Image.fromarray(array), str(tmp_path / "x.png"), tmp_path / "x.png"):
+        with pytest.raises(TypeError, match="sequence of images"):
+            api.compress_many(single, "hist-rgb", "cpu")
+        with pytest.raises(TypeError, match="sequence of images"):
+            api.score(single, "hist-rgb", "cpu")
+    with pytest.raises(TypeError, match="sequence of images, not int"):
+        api.compress_many(3, "hist-rgb", "cpu")
+
+
+def test_a_missing_or_unreadable_path_is_an_unsupported_image(tmp_path, model_dir):
+    with pytest.raises(UnsupportedImageError, match="cannot read"):
+        api.compress(tmp_path / "missing.png", "hist-rgb", "cpu")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(UnsupportedImageError, match="not a readable image"):
+        api.compress(str(tmp_path / "junk.png"), "hist-rgb", "cpu")
+
+
+def test_max_pixels_refuses_large_images_before_any_work(tmp_path, model_dir, monkeypatch):
+    def no_coding(*args, **kwargs):
+        raise AssertionError("coding started")
+
+    monkeypatch.setattr(api, "_encode_group", no_coding)
+    im = random_image("RGB", 10, 10)
+    im.save(tmp_path / "big.png")
+    for source in (im, pixels(im), tmp_path / "big.png"):
+        with pytest.raises(UnsupportedImageError, match=r"100 pixels.*limit of 99 .*max_pixels"):
+            api.compress(source, "hist-rgb", "cpu", max_pixels=99)
+        with pytest.raises(UnsupportedImageError, match="limit of 99"):
+            api.compress_many([source], "hist-rgb", "cpu", max_pixels=99)
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS  # Pillow's global is restored
+
+
+def test_a_file_is_opened_lazily_so_the_pixels_are_not_read(tmp_path, monkeypatch):
+    random_image("RGB", 10, 10).save(tmp_path / "big.png")
+    loads = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(1) or real_load(self))
+    from PIL import ImageFile
+
+    real_file_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda self: loads.append(1) or real_file_load(self)
+    )
+    with pytest.raises(UnsupportedImageError, match="limit of 99"):
+        as_image(tmp_path / "big.png", max_pixels=99)
+    assert loads == []
+    assert as_image(tmp_path / "big.png", max_pixels=100).size == (10, 10)
+
+
+def test_max_pixels_above_pillows_limit_is_honoured(tmp_path, monkeypatch):
+    """Pillow's own bomb check (here lowered to 10 pixels) gives way to max_pixels."""
+    random_image("RGB", 10, 10).save(tmp_path / "p.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    assert as_image(tmp_path / "p.png", max_pixels=1000).size == (10, 10)
+    assert Image.MAX_IMAGE_PIXELS == 10
+
+
+def test_none_lifts_the_limit_but_not_the_formats(model_dir):
+    im = random_image("RGB", 30, 20)
+    assert api.decompress(api.compress(im, "hist-rgb", "cpu", max_pixels=None)).size == (30, 20)
+    big = Image.new("L", (1, 1))
+    big._size = (1 << 15, (1 << 13) + 1)  # claims 2**28 + 2**15 pixels: the size comes first
+    with pytest.raises(UnsupportedImageError, match="more than a .nnc file holds"):
+        as_image(big, max_pixels=None)
+
+
+def _forged_large(data: bytes, width: int, height: int) -> bytes:
+    header, payload = container.unpack(data)
+    big = dataclasses.replace(
+        header, width=width, height=height, tile_h=4096, tile_w=4096, first_slot=0,
+        batch_slots=1, total_slots=-(-width // 4096) * -(-height // 4096),
+    )  # fmt: skip
+    return container.pack(big, payload)
+
+
+def test_decompress_refuses_a_header_over_max_pixels_before_decoding(model_dir, monkeypatch):
+    data = api.compress(random_image("RGB", 8, 8), "hist-rgb", "cpu")
+    forged = _forged_large(data, 10000, 9000)  # 90,000,000 > DEFAULT_MAX_PIXELS
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(api, "_decode_model", no_decoding)
+    with pytest.raises(UnsupportedImageError, match=r"10000x9000.*limit of 89,478,485"):
+        api.decompress(forged)
+    with pytest.raises(UnsupportedImageError, match="limit of 63"):
+        api.decompress_many([data], max_pixels=63)
+
+
+def test_decompress_takes_bytes_and_paths_and_nothing_else(tmp_path, model_dir):
+    im = random_image("RGB", 8, 6)
+    data = api.compress(im, "hist-rgb", "cpu")
+    (tmp_path / "a.nnc").write_bytes(data)
+    for source in (data, bytearray(data), memoryview(data), tmp_path / "a.nnc"):
+        assert api.decompress(source).tobytes() == im.tobytes()
+    assert api.decompress_many([str(tmp_path / "a.nnc")])[0].tobytes() == im.tobytes()
+    with pytest.raises(TypeError, match="bytes of a .nnc file or a path"):
+        api.decompress(12)
+    with pytest.raises(TypeError, match="sequence of .nnc files, not one bytes"):
+        api.decompress_many(data)
+    with pytest.raises(FileNotFoundError):
+        api.decompress(Path(tmp_path / "missing.nnc"))
