@@ -1,15 +1,21 @@
 """The command line: a thin click layer over nncompress.api.
 
-Every command prints one line per error to stderr and exits non-zero; nothing the user
-has is overwritten without --force; outputs are written atomically (temp file + rename).
+Every command prints one line per error to stderr and exits non-zero (2 for usage errors);
+nothing the user has is overwritten without --force; outputs are written atomically (temp
+file + rename) with the permissions a plain open() would give them; output paths are
+checked before any work. Runs over many files go on past a file that fails, and say so at
+the end.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
+import math
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,6 +32,23 @@ DEBUG_ENV = "NNCOMPRESS_DEBUG"  # set to 1 to see tracebacks of internal errors
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 3
 PNG_LEVEL = 9  # reference PNG for the "ratio to PNG" column, as in benchmarks
+# decode's fallback names when IN.png exists: IN.decoded.png, then IN.decoded.2.png, ...
+DECODED_TAG = ".decoded"
+MAX_FALLBACK_NAMES = 1000
+
+# Seconds per megapixel of coding (encoding or decoding: about the same) on a CPU with one
+# coding thread, measured on a shared 2-core AMD EPYC with benchmarks/decode_speed.py on a
+# 768x512 crop, 0.39 MP (README, Speed): pixelcnnpp-photo-small 21.9 s, pixelcnnpp-photo
+# 90.3 s. A model file may carry its own figure in its info under CPU_TIMING_INFO_KEY
+# (used first); other models are estimated from their parameter count: a cost per pixel
+# of the loop and the range coder (histogram-photo: ~3 s/MP) plus one per million
+# parameters (the line from there through pixelcnnpp-photo, 7.0 M parameters).
+CPU_SECONDS_PER_MEGAPIXEL = {"pixelcnnpp-photo-small": 56.0, "pixelcnnpp-photo": 230.0}
+CPU_TIMING_INFO_KEY = "cpu_seconds_per_megapixel"
+CPU_SECONDS_PER_MEGAPIXEL_BASE = 3.0
+CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS = 32.0
+# A CPU run estimated to take longer than this first prints one line with the estimate.
+SLOW_CPU_RUN_SECONDS = 30.0
 
 
 class _Fail(click.ClickException):
@@ -53,6 +76,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except NncError as e:
             raise _Fail(str(e)) from None
         except OSError as e:
+            if e.errno == errno.EPIPE:  # stdout closed early (| head): click exits quietly
+                raise
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             raise _Fail(f"{e.strerror or e}{where}") from None
         except KeyboardInterrupt:
@@ -102,23 +127,146 @@ def _read_input(path: str, limit: int | None = None) -> bytes:
     return data
 
 
+def _umask() -> int:
+    """The process's umask: from /proc where it says (without changing it), else set and
+    restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _exists_message(path: Path | str) -> str:
+    return f"{path} exists (use --force to overwrite)"
+
+
 def _write_output(path: Path | str, data: bytes, force: bool) -> None:
-    """Write atomically; refuse to overwrite unless force."""
+    """Write atomically (a temp file beside it, then a rename); refuse to overwrite unless
+    force, even a file that appeared after the checks. The file gets the permissions a
+    plain open() would give it: 0666 & ~umask when new, the old file's when replaced."""
     if path == STDIO:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
     path = Path(path)
-    if path.exists() and not force:
-        raise _Fail(f"{path} exists (use --force to overwrite)")
+    if os.path.lexists(path) and not force:
+        raise _Fail(_exists_message(path))
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, mode)  # mkstemp makes 0600
+        if force:
+            os.replace(tmp, path)
+        else:
+            _rename_new(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone after a rename; the spare name after a link
+
+
+def _rename_new(tmp: str, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if nothing has that name: a hard link fails
+    when it exists (os.replace would replace it). Where links are not supported, check
+    and rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _Fail(_exists_message(path)) from None
+    except OSError:
+        if os.path.lexists(path):
+            raise _Fail(_exists_message(path)) from None
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder``, or None."""
+    if not folder.exists():
+        return f"folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} is not writable"
+    return None
+
+
+def _output_problem(dst: str, force: bool) -> tuple[str, str] | None:
+    """Why ``dst`` cannot be written, as (kind, one-line message), kind "exists" or
+    "path"; None if it can. Checked before any work."""
+    if dst == STDIO:
+        return None
+    p = Path(dst)
+    problem = _folder_problem(p.parent)
+    if problem is not None:
+        return "path", f"{dst}: {problem}"
+    if p.is_dir():
+        return "path", f"{dst} is a folder"
+    if os.path.lexists(p) and not force:
+        return "exists", _exists_message(dst)
+    return None
+
+
+def _check_output(dst: str, force: bool) -> None:
+    """_output_problem as a one-line error."""
+    problem = _output_problem(dst, force)
+    if problem is not None:
+        raise _Fail(problem[1])
+
+
+def _decoded_name(dst: str, avoid: set[str]) -> str:
+    """decode's name for IN when the default name ``dst`` (IN.png) exists: the first of
+    IN.decoded.png, IN.decoded.2.png, IN.decoded.3.png, ... that exists neither on disk nor
+    in ``avoid`` (the other outputs of the run)."""
+    p = Path(dst)
+    for k in range(1, MAX_FALLBACK_NAMES + 1):
+        tag = DECODED_TAG if k == 1 else f"{DECODED_TAG}.{k}"
+        name = str(p.with_name(f"{p.stem}{tag}{p.suffix}"))
+        if name not in avoid and not os.path.lexists(name):
+            return name
+    raise _Fail(f"{dst} and {MAX_FALLBACK_NAMES} fallback names exist; use -o or --force")
+
+
+class _Tally:
+    """Per-file outcomes of a run. With one input, a failure is the command's one-line
+    error; with several, it is reported and the run goes on, ending with a summary line
+    (and exit status 1 if any failed)."""
+
+    def __init__(self, inputs: int, verb: str, quiet: bool) -> None:
+        self.many = inputs > 1
+        self.verb = verb
+        self.quiet = quiet
+        self.done = self.skipped = self.failed = 0
+
+    def ok(self) -> None:
+        self.done += 1
+
+    def skip(self, src: str, dst: str) -> None:
+        self.skipped += 1
+        if not self.quiet:
+            click.echo(f"{src}: skipped, {dst} exists")
+
+    def fail(self, message: str) -> None:
+        if not self.many:
+            raise _Fail(message)
+        self.failed += 1
+        click.echo(f"Error: {message}", err=True)
+
+    def finish(self) -> None:
+        if self.many and (self.failed or not self.quiet):
+            click.echo(
+                f"{self.verb} {self.done}, skipped {self.skipped}, failed {self.failed}",
+                err=True,
+            )
+        if self.failed:
+            raise click.exceptions.Exit(EXIT_USER_ERROR)
 
 
 def _expand_folders(inputs: Sequence[str], suffixes: frozenset[str], what: str) -> list[str]:
@@ -141,7 +289,15 @@ def _expand_folders(inputs: Sequence[str], suffixes: frozenset[str], what: str) 
 
 
 def _outputs(inputs: Sequence[str], out: str | None, suffix: str, fallback: str) -> list[str]:
-    """Output names: -o FILE for one input, -o DIR for several, else beside each input."""
+    """Output names: -o FILE for one input, -o DIR for several, else beside each input.
+    A folder given with -o (or the folder of -o FILE) must exist and be writable."""
+    if out is not None and out != STDIO:
+        folder = Path(out) if Path(out).is_dir() or out.endswith(("/", os.sep)) else None
+        if folder is None and len(inputs) > 1:
+            raise _Fail(f"-o {out}: with several inputs, -o must be an existing folder")
+        problem = _folder_problem(folder if folder is not None else Path(out).parent)
+        if problem is not None:
+            raise _Fail(f"-o {out}: {problem}")
     if out is not None and len(inputs) == 1 and not Path(out).is_dir():
         return [out]
     if out is not None and not Path(out).is_dir():
@@ -159,7 +315,37 @@ def _outputs(inputs: Sequence[str], out: str | None, suffix: str, fallback: str)
     return names
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line_usage(e: click.UsageError) -> click.UsageError:
+    """click's usage error (usage line, hint, blank line, message) as one line: the message
+    and where the help is."""
+    text = " ".join(e.format_message().split())
+    if e.ctx is not None:
+        text += f" See '{e.ctx.command_path} --help'."
+    return click.UsageError(text)  # no ctx: shown as "Error: ..." alone, exit status 2
+
+
+class _Main(click.Group):
+    """The command group; usage errors of every command print one line (exit status 2).
+    Help (also the help printed for ``nncompress`` alone) is unchanged."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nncompress")
 def main() -> None:
     """nncompress: learned lossless image compression.
@@ -183,6 +369,26 @@ _device_option = click.option(
     show_default=True,
     help="Where the model runs. Files must be decoded on the kind of device that encoded them.",
 )
+
+
+_skip_option = click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Leave inputs whose output exists alone (reported, counted as skipped).",
+)
+_max_pixels_option = click.option(
+    "--max-pixels",
+    type=click.IntRange(1, None),
+    default=None,
+    metavar="N",
+    help="Refuse images (and .nnc headers) of more pixels than this, before reading "
+    "them (default: 89,478,485, Pillow's limit).",
+)
+
+
+def _usage_conflicts(force: bool, skip_existing: bool) -> None:
+    if force and skip_existing:
+        raise click.UsageError("--force and --skip-existing exclude each other")
 
 
 @main.command()
@@ -211,58 +417,223 @@ _device_option = click.option(
     "it, and the decoder needs what the encoder needed: lower it for small GPUs.",
 )
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
+@_skip_option
+@_max_pixels_option
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @_progress_option
 @_handle_errors
-def encode(inputs, output, model, device, tile, max_batch, force, quiet, progress) -> None:
+def encode(
+    inputs,
+    output,
+    model,
+    device,
+    tile,
+    max_batch,
+    force,
+    skip_existing,
+    max_pixels,
+    quiet,
+    progress,
+) -> None:
     """Compress images (PNG, WebP, ..., folders of them searched recursively, or - for
     stdin) to .nnc files.
 
     All inputs are coded together, in one schedule, and each gets its own file (default:
     IN with the suffix .nnc, beside it). Prints size, bits/subpixel, the model's ideal
     bits/subpixel, and the ratio to PNG.
-    """
-    from . import api
-    from .images import IMAGE_SUFFIXES, open_image
 
+    An existing output is not overwritten without --force. With several inputs, an input
+    that cannot be coded (its output exists, it is unreadable, ...) is reported and the
+    others are coded; a summary line ends the run, whose exit status is 1 if any failed.
+    """
+    from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_image, to_picture
+
+    _usage_conflicts(force, skip_existing)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     inputs = _expand_folders(inputs, IMAGE_SUFFIXES, "images")
     if len(inputs) > 1 and STDIO in inputs:
         raise _Fail("stdin (-) can only be encoded alone")
     outs = _outputs(inputs, output, NNC_SUFFIX, "stdin")
-    for o in outs:  # check before hours of work, not after
-        if o != STDIO and Path(o).exists() and not force:
-            raise _Fail(f"{o} exists (use --force to overwrite)")
-    images = []
-    for src in inputs:
+    tally = _Tally(len(inputs), "encoded", quiet)
+    todo = []  # (src, dst, image, coded channels)
+    for src, dst in zip(inputs, outs):  # every output checked before hours of work
+        problem = _output_problem(dst, force)
+        if problem is not None and problem[0] == "exists" and skip_existing:
+            tally.skip(src, dst)
+            continue
+        if problem is not None:
+            tally.fail(problem[1])
+            continue
         try:
-            images.append(open_image(_read_input(src)))
+            image = open_image(_read_input(src), limit, "--max-pixels")
+            todo.append((src, dst, image, to_picture(image).channels))
         except NncError as e:
-            raise _Fail(f"{src}: {e}") from None
-    lm = api.load_model(model) if model else None
-    results = api.compress_detailed(
-        images,
-        lm,
-        device,
-        tile,
-        max_batch,
-        progress=api._tqdm_factory if _progress(progress) else None,
-    )
-    for src, dst, im, res in zip(inputs, outs, images, results):
-        _write_output(dst, res.data, force)
-        if not quiet:
-            png = _png_size(im)
-            click.echo(
-                f"{src} -> {dst}: {len(res.data):,} bytes, "
-                f"{res.bits_per_subpixel:.3f} bits/subpixel "
-                f"(model {res.model_bits_per_subpixel:.3f}), {len(res.data) / png:.3f}x PNG",
-                err=dst == STDIO,
-            )
+            tally.fail(f"{src}: {e}")
+        except _Fail as e:
+            tally.fail(e.message)
+        except OSError as e:
+            tally.fail(f"{src}: {e.strerror or e}")
+    if todo:
+        _encode_and_write(
+            todo, model, device, tile, max_batch, force, limit, quiet, progress, tally
+        )
+    tally.finish()
+
+
+def _encode_and_write(todo, model, device, tile, max_batch, force, limit, quiet, progress, tally):
+    """Code the images of ``todo`` (one schedule per model, as api.compress_detailed
+    would), write each file, report each."""
+    from . import api
+    from .runtime import resolve_device
+
+    dev = resolve_device(device)
+    given = api.load_model(model) if model else None
+    models: dict[int, Any] = {}  # coded channels -> LoadedModel, or the error choosing one
+    groups: dict[bytes, tuple[Any, list[tuple[str, str, Any]]]] = {}
+    for src, dst, image, channels in todo:
+        if channels not in models:
+            try:
+                models[channels] = api._model_for(given, channels, dev.type)
+            except NncError as e:
+                models[channels] = e
+        lm = models[channels]
+        if isinstance(lm, NncError):
+            tally.fail(f"{src}: {lm}")
+            continue
+        groups.setdefault(lm.digest, (lm, []))[1].append((src, dst, image))
+    if dev.type == "cpu" and not quiet:
+        rates = {digest: _loaded_rate(lm) for digest, (lm, _) in groups.items()}
+        _warn_if_slow(
+            [
+                (lm.name, rates[digest], im.width * im.height)
+                for digest, (lm, items) in groups.items()
+                for *_, im in items
+            ],
+            "encoding",
+            _gpu_hint(),
+        )
+    factory = api._tqdm_factory if _progress(progress) else None
+    for lm, items in groups.values():
+        results = api.compress_detailed(
+            [im for *_, im in items],
+            lm,
+            device,
+            tile,
+            max_batch,
+            progress=factory,
+            max_pixels=limit,
+        )
+        for (src, dst, im), res in zip(items, results):
+            if not _write_reported(dst, res.data, force, tally):
+                continue
+            if not quiet:
+                png = _png_size(im)
+                click.echo(
+                    f"{src} -> {dst}: {len(res.data):,} bytes, "
+                    f"{res.bits_per_subpixel:.3f} bits/subpixel "
+                    f"(model {res.model_bits_per_subpixel:.3f}), {len(res.data) / png:.3f}x PNG",
+                    err=dst == STDIO,
+                )
+
+
+def _write_reported(dst: str, data: bytes, force: bool, tally: _Tally) -> bool:
+    """Write one output; a failure is the tally's (the run goes on with the others)."""
+    try:
+        _write_output(dst, data, force)
+    except _Fail as e:
+        tally.fail(e.message)
+        return False
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            raise
+        tally.fail(f"{dst}: {e.strerror or e}")
+        return False
+    tally.ok()
+    return True
 
 
 def _png_size(image) -> int:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.tell()
+
+
+def _model_params(info: dict[str, Any], count: Callable[[], int]) -> int:
+    params = info.get("params")
+    if isinstance(params, int) and not isinstance(params, bool) and params >= 0:
+        return params
+    try:
+        return count()
+    except Exception:  # noqa: BLE001 — an estimate: no count, no cost beyond the base
+        return 0
+
+
+def cpu_seconds_per_megapixel(name: str, info: dict[str, Any], params: int) -> float:
+    """What coding a megapixel with this model takes on a CPU: the model file's own figure
+    (info[CPU_TIMING_INFO_KEY]), else CPU_SECONDS_PER_MEGAPIXEL[name], else a guess from
+    the parameter count (see the constants)."""
+    own = info.get(CPU_TIMING_INFO_KEY)
+    if isinstance(own, (int, float)) and not isinstance(own, bool) and math.isfinite(own):
+        if own > 0:
+            return float(own)
+    if name in CPU_SECONDS_PER_MEGAPIXEL:
+        return CPU_SECONDS_PER_MEGAPIXEL[name]
+    return (
+        CPU_SECONDS_PER_MEGAPIXEL_BASE + CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS * params / 1e6
+    )
+
+
+def _loaded_rate(lm) -> float:
+    params = _model_params(lm.info, lambda: sum(t.numel() for t in lm.model.state_dict().values()))
+    return cpu_seconds_per_megapixel(lm.name, lm.info, params)
+
+
+def _named_rate(name: str) -> float | None:
+    """The rate of an installed model, from its file's header only (no weights read)."""
+    from .zoo import describe_models
+
+    row = next((r for r in describe_models() if r.get("name") == name), None)
+    if row is None or "error" in row:
+        return None
+    info = row.get("info") if isinstance(row.get("info"), dict) else {}
+
+    def count() -> int:
+        from safetensors import safe_open
+
+        with safe_open(str(row["path"]), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+    return cpu_seconds_per_megapixel(name, info, _model_params(info, count))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _gpu_hint() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "a GPU is faster: --device cuda"
+    return "a CUDA GPU would be much faster (none found)"
+
+
+def _warn_if_slow(work: Sequence[tuple[str, float, int]], doing: str, hint: str) -> None:
+    """One line on stderr when coding ``work`` ((model name, seconds per megapixel, pixels)
+    per image) on the CPU is estimated to take more than SLOW_CPU_RUN_SECONDS."""
+    seconds = sum(rate * n / 1e6 for _, rate, n in work)
+    if seconds <= SLOW_CPU_RUN_SECONDS:
+        return
+    names = list(dict.fromkeys(name for name, _, _ in work))
+    what = f"{sum(n for *_, n in work) / 1e6:.2f} MP with {', '.join(names)}"
+    click.echo(
+        f"nncompress: {doing} {what} on the CPU will take about {_duration(seconds)}; {hint}",
+        err=True,
+    )
 
 
 @main.command()
@@ -282,41 +653,126 @@ def _png_size(image) -> int:
     help="Model to decode with (default: the one named in the file).",
 )
 @_device_option
-@click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
+@click.option(
+    "--force", "-f", is_flag=True, help="Overwrite existing outputs (IN.png itself included)."
+)
+@_skip_option
+@_max_pixels_option
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @_progress_option
 @_handle_errors
-def decode(inputs, output, model, device, force, quiet, progress) -> None:
+def decode(
+    inputs, output, model, device, force, skip_existing, max_pixels, quiet, progress
+) -> None:
     """Decode .nnc files (or folders of them, searched recursively) to PNG images with
-    exactly the original pixels and mode.
+    exactly the original pixels and mode. Files encoded together are decoded together.
 
-    Default output: IN with the suffix .png. Files encoded together are decoded together.
+    Default output: IN with the suffix .png, beside IN (or in the folder -o DIR). If that
+    file exists, the output is IN.decoded.png instead, or IN.decoded.2.png, IN.decoded.3.png
+    and so on, the first name that is free: nothing is overwritten without --force, and
+    encoding photo.png then decoding photo.nnc in one folder gives photo.decoded.png.
+    --force writes IN.png over the existing file; --skip-existing leaves inputs whose
+    IN.png exists alone. An existing -o FILE is refused unless --force.
+
+    With several inputs, an input that cannot be decoded is reported and the others are
+    decoded; a summary line ends the run, whose exit status is 1 if any failed.
     """
-    from . import api
+    from . import container
+    from .images import DEFAULT_MAX_PIXELS, check_pixel_count
 
+    _usage_conflicts(force, skip_existing)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     inputs = _expand_folders(inputs, frozenset({NNC_SUFFIX}), "nncompress files")
     if len(inputs) > 1 and STDIO in inputs:
         raise _Fail("stdin (-) can only be decoded alone")
     outs = _outputs(inputs, output, ".png", "stdin")
-    for o in outs:
-        if o != STDIO and Path(o).exists() and not force:
-            raise _Fail(f"{o} exists (use --force to overwrite)")
-    blobs = []
-    from . import container
-
-    for src in inputs:
-        blobs.append(_read_input(src, container.MAX_FILE_BYTES))
+    named = output is not None and not Path(output).is_dir()  # -o FILE or -: no other name
+    tally = _Tally(len(inputs), "decoded", quiet)
+    defaults = set(outs) - {STDIO}
+    taken: set[str] = set()
+    todo = []  # (src, dst, note, blob, header)
+    for src, dst in zip(inputs, outs):
+        note = ""
+        problem = _output_problem(dst, force)
+        if problem is not None and problem[0] == "exists":
+            if skip_existing:
+                tally.skip(src, dst)
+                continue
+            if not named:
+                try:
+                    other = _decoded_name(dst, defaults | taken)
+                except _Fail as e:
+                    tally.fail(e.message)
+                    continue
+                note, dst, problem = f" ({dst} exists)", other, None
+        if problem is not None:
+            tally.fail(problem[1])
+            continue
         try:
-            container.unpack(blobs[-1])
+            blob = _read_input(src, container.MAX_FILE_BYTES)
+            header, _ = container.unpack(blob)
+            check_pixel_count(header.width, header.height, limit, "--max-pixels")
         except NncError as e:
-            raise _Fail(f"{src}: {e}") from None
-    images = api.decompress_many(blobs, model, device, progress=_progress(progress))
-    for src, dst, im in zip(inputs, outs, images):
+            tally.fail(f"{src}: {e}")
+            continue
+        except _Fail as e:
+            tally.fail(e.message)
+            continue
+        except OSError as e:
+            tally.fail(f"{src}: {e.strerror or e}")
+            continue
+        taken.add(dst)
+        todo.append((src, dst, note, blob, header))
+    if todo:
+        _decode_and_write(todo, model, device, force, limit, quiet, progress, tally)
+    tally.finish()
+
+
+def _decode_and_write(todo, model, device, force, limit, quiet, progress, tally) -> None:
+    from . import api
+
+    given = api.load_model(model) if model else None
+    if not quiet:
+        _warn_if_slow_decode([(header, given) for *_, header in todo], device)
+    images = api.decompress_many(
+        [blob for *_, blob, _ in todo],
+        given,
+        device,
+        progress=_progress(progress),
+        max_pixels=limit,
+    )
+    for (src, dst, note, _, _), im in zip(todo, images):
         buf = io.BytesIO()
         im.save(buf, format="PNG")
-        _write_output(dst, buf.getvalue(), force)
-        if not quiet:
-            click.echo(f"{src} -> {dst}: {im.width}x{im.height} {im.mode}", err=dst == STDIO)
+        if _write_reported(dst, buf.getvalue(), force, tally) and not quiet:
+            click.echo(f"{src} -> {dst}{note}: {im.width}x{im.height} {im.mode}", err=dst == STDIO)
+
+
+def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
+    """_warn_if_slow for the files (header, model given or None) that decode on the CPU:
+    those encoded there (where a header records the device), else all when the decoding
+    device is the CPU."""
+    from .runtime import resolve_device
+
+    try:
+        here = resolve_device(device).type
+    except NncError:
+        return  # decoding reports it
+    rates: dict[str, float | None] = {}
+    work = []
+    for header, given in files:
+        if getattr(header, "device", here) != "cpu":
+            continue
+        name = given.name if given is not None else header.model_name
+        if name not in rates:
+            rates[name] = _loaded_rate(given) if given is not None else _named_rate(name)
+        if rates[name] is not None:
+            work.append((name, rates[name], header.width * header.height))
+    recorded = any(hasattr(header, "device") for header, _ in files)
+    hint = (
+        "files encoded with --device cuda decode on a GPU, much faster" if recorded else _gpu_hint()
+    )
+    _warn_if_slow(work, "decoding", hint)
 
 
 @main.command()
@@ -461,8 +917,7 @@ def _heatmap_names(inputs: Sequence[str], heatmap: str, force: bool) -> list[str
     else:
         raise _Fail(f"--heatmap {heatmap}: with several inputs, give an existing folder")
     for name in names:
-        if not force and Path(name).exists():
-            raise _Fail(f"{name} exists (use --force to overwrite)")
+        _check_output(name, force)
     return names
 
 
@@ -509,8 +964,7 @@ def sample(model, count, output, size, seed, device, force, progress) -> None:
 
     from . import api
 
-    if Path(output).exists() and not force:
-        raise _Fail(f"{output} exists (use --force to overwrite)")
+    _check_output(output, force)
     hw = None
     if size:
         try:

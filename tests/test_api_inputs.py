@@ -163,12 +163,15 @@ def test_none_lifts_the_limit_but_not_the_formats(model_dir):
 
 
 def _forged_large(data: bytes, width: int, height: int) -> bytes:
+    """The file with a header claiming width x height (4096-pixel tiles, and a schedule to
+    match where the header records one)."""
     header, payload = container.unpack(data)
-    big = dataclasses.replace(
-        header, width=width, height=height, tile_h=4096, tile_w=4096, first_slot=0,
-        batch_slots=1, total_slots=-(-width // 4096) * -(-height // 4096),
-    )  # fmt: skip
-    return container.pack(big, payload)
+    tiles = -(-width // 4096) * -(-height // 4096)
+    changes = {"width": width, "height": height, "tile_h": 4096, "tile_w": 4096}
+    schedule = {"first_slot": 0, "batch_slots": 1, "total_slots": tiles, "chunk_tiles": 1}
+    fields = {f.name for f in dataclasses.fields(header)}
+    changes.update({k: v for k, v in schedule.items() if k in fields})
+    return container.pack(dataclasses.replace(header, **changes), payload)
 
 
 def test_decompress_refuses_a_header_over_max_pixels_before_decoding(model_dir, monkeypatch):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import fitted_histogram, random_image
+from conftest import REPO, fitted_histogram, random_image
 from PIL import Image
 
 from nncompress.cli import main
@@ -88,8 +92,11 @@ def test_nothing_is_overwritten_without_force(tmp_path, model_dir):
     one_line_error(run("encode", str(src), "-m", "hist-rgb"), "exists (use --force")
     assert (tmp_path / "a.nnc").read_bytes() == b"precious"
     assert run("encode", str(src), "-m", "hist-rgb", "--force").exit_code == 0
-    # decoding next to the original would overwrite a.png
-    one_line_error(run("decode", str(tmp_path / "a.nnc")), "a.png exists")
+    # decoding next to the original does not overwrite a.png: it picks another name
+    before = src.read_bytes()
+    r = run("decode", str(tmp_path / "a.nnc"))
+    assert r.exit_code == 0 and "a.decoded.png" in r.output, r.output
+    assert src.read_bytes() == before
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, model_dir):
@@ -267,14 +274,18 @@ def test_folders_expand_to_the_files_below_them(tmp_path, model_dir):
     for src in (a, b):
         dec = np.asarray(Image.open(out / (src.stem + ".png")))
         assert np.array_equal(dec, np.asarray(Image.open(src).convert("RGB")))
-    # beside the inputs, decoding would overwrite a.png: refused, nothing written
-    one_line_error(run("decode", str(photos)), "exists")
     rows = json.loads(run("score", str(photos), "-m", "hist-rgb", "--json").output)
     assert [row["path"] for row in rows] == [str(a), str(b)]
     heat = tmp_path / "heat"
     heat.mkdir()
     r = run("score", str(photos), "-m", "hist-rgb", "--heatmap", str(heat))
     assert r.exit_code == 0 and sorted(p.name for p in heat.iterdir()) == ["a.png", "b.png"]
+    # beside the inputs, a.png exists: a.decoded.png instead; sub/b.png is free
+    before = a.read_bytes()
+    r = run("decode", str(photos))
+    assert r.exit_code == 0, r.output
+    assert a.read_bytes() == before
+    assert (photos / "a.decoded.png").is_file() and (photos / "sub" / "b.png").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     one_line_error(run("encode", str(empty)), "a folder without images")
@@ -297,3 +308,305 @@ def test_score_heatmaps_are_checked_before_any_work(tmp_path, model_dir):
     r = run("score", str(a), "-m", "hist-rgb", "--heatmap", str(heat / "same.png"))
     one_line_error(r, "exists")
     assert (heat / "same.png").read_bytes() == b"mine"
+
+
+# --- Workflow as gzip / cjxl users expect (issue 13) ---------------------------------------
+
+
+def lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test; restored after."""
+    saved = os.umask(0o022)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_mode_a_plain_open_would_give(tmp_path, model_dir, umask, mask, mode):
+    src = png(tmp_path / "a.png")
+    umask(mask)
+    assert run("encode", str(src), "-m", "hist-rgb", "-q").exit_code == 0
+    assert stat.S_IMODE((tmp_path / "a.nnc").stat().st_mode) == mode
+    assert run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png")).exit_code == 0
+    assert stat.S_IMODE((tmp_path / "b.png").stat().st_mode) == mode
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_force_keeps_the_mode_of_the_file_it_replaces(tmp_path, model_dir, umask):
+    src = png(tmp_path / "a.png")
+    nnc = tmp_path / "a.nnc"
+    nnc.write_bytes(b"old")
+    nnc.chmod(0o640)
+    assert run("encode", str(src), "-m", "hist-rgb", "--force").exit_code == 0
+    assert nnc.read_bytes()[:4] == b"\x89NNC" and stat.S_IMODE(nnc.stat().st_mode) == 0o640
+
+
+def test_encode_then_decode_in_one_folder_needs_no_force(tmp_path, model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src = png(tmp_path / "photo.png")
+    original = src.read_bytes()
+    assert run("encode", "photo.png", "-m", "hist-rgb").exit_code == 0
+    r = run("decode", "photo.nnc")
+    assert r.exit_code == 0, r.output
+    assert lines(r.output) == ["photo.nnc -> photo.decoded.png (photo.png exists): 21x13 RGB"]
+    assert src.read_bytes() == original
+    decoded = np.asarray(Image.open("photo.decoded.png"))
+    assert np.array_equal(decoded, np.asarray(Image.open(src)))
+    r = run("decode", "photo.nnc")  # again: a name that is free, never an overwrite
+    assert r.exit_code == 0 and "photo.decoded.2.png" in r.output, r.output
+    assert np.array_equal(np.asarray(Image.open("photo.decoded.2.png")), decoded)
+    # an explicit -o that exists is refused; --force writes the default name itself
+    one_line_error(run("decode", "photo.nnc", "-o", "photo.png"), "photo.png exists")
+    assert src.read_bytes() == original
+    r = run("decode", "photo.nnc", "--skip-existing")
+    assert r.exit_code == 0 and lines(r.output) == ["photo.nnc: skipped, photo.png exists"]
+    assert not Path("photo.decoded.3.png").exists()
+    assert run("decode", "photo.nnc", "--force", "-q").exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(src)), decoded)
+
+
+def test_decode_fallback_names_never_collide_within_a_run(tmp_path, model_dir):
+    """x.nnc falls back to x.decoded.png, the default name of x.decoded.nnc: it moves on."""
+    src = png(tmp_path / "x.png")
+    assert run("encode", str(src), "-m", "hist-rgb", "-q").exit_code == 0
+    (tmp_path / "x.decoded.nnc").write_bytes((tmp_path / "x.nnc").read_bytes())
+    r = run("decode", str(tmp_path / "x.nnc"), str(tmp_path / "x.decoded.nnc"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "x.decoded.2.png").is_file() and (tmp_path / "x.decoded.png").is_file()
+
+
+def test_decode_help_states_the_naming_rule():
+    r = run("decode", "--help")
+    text = " ".join(r.output.split())
+    assert "IN.decoded.png" in text and "IN.decoded.2.png" in text and "--force" in text
+    assert "--skip-existing" in text and "--max-pixels" in text
+
+
+def test_many_inputs_go_on_past_an_existing_output(tmp_path, model_dir):
+    a, b, c = (png(tmp_path / f"{n}.png", seed=i) for i, n in enumerate("abc"))
+    (tmp_path / "b.nnc").write_bytes(b"precious")
+    r = run("encode", str(a), str(b), str(c), "-m", "hist-rgb")
+    assert r.exit_code == 1, r.output
+    assert (tmp_path / "a.nnc").is_file() and (tmp_path / "c.nnc").is_file()
+    assert (tmp_path / "b.nnc").read_bytes() == b"precious"
+    assert f"Error: {tmp_path / 'b.nnc'} exists (use --force to overwrite)" in lines(r.stderr)
+    assert lines(r.stderr)[-1] == "encoded 2, skipped 0, failed 1"
+    (tmp_path / "c.nnc").unlink()
+    r = run("encode", str(a), str(b), str(c), "-m", "hist-rgb", "--skip-existing")
+    assert r.exit_code == 0, r.output
+    assert f"{a}: skipped, {tmp_path / 'a.nnc'} exists" in lines(r.stdout)
+    assert lines(r.stderr) == ["encoded 1, skipped 2, failed 0"]
+    assert (tmp_path / "b.nnc").read_bytes() == b"precious"
+    r = run("encode", str(a), str(b), "-m", "hist-rgb", "--skip-existing", "-q")
+    assert r.exit_code == 0 and r.output == ""
+
+
+def test_many_inputs_go_on_past_unreadable_and_oversized_ones(tmp_path, model_dir):
+    good = png(tmp_path / "good.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    big = png(tmp_path / "big.png", size=(40, 30))
+    r = run("encode", str(tmp_path), "-m", "hist-rgb", "--max-pixels", "1000")
+    assert r.exit_code == 1, r.output
+    assert (tmp_path / "good.nnc").is_file()
+    assert not (tmp_path / "junk.nnc").exists() and not (tmp_path / "big.nnc").exists()
+    err = lines(r.stderr)
+    assert any(str(big) in ln and "limit of 1,000" in ln for ln in err), err
+    assert any("junk.png" in ln and "not a readable image" in ln for ln in err), err
+    assert err[-1] == "encoded 1, skipped 0, failed 2"
+    assert good.is_file()
+
+
+def test_decode_many_with_skip_existing(tmp_path, model_dir):
+    a, b = png(tmp_path / "a.png", seed=1), png(tmp_path / "b.png", seed=2)
+    assert run("encode", str(a), str(b), "-m", "hist-rgb", "-q").exit_code == 0
+    b.unlink()
+    r = run("decode", str(tmp_path / "a.nnc"), str(tmp_path / "b.nnc"), "--skip-existing")
+    assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'a.nnc'}: skipped, {a} exists" in lines(r.stdout)
+    assert lines(r.stderr) == ["decoded 1, skipped 1, failed 0"]
+    assert b.is_file() and not (tmp_path / "a.decoded.png").exists()
+
+
+def test_force_and_skip_existing_exclude_each_other(tmp_path, model_dir):
+    src = png(tmp_path / "a.png")
+    for command in ("encode", "decode"):
+        r = run(command, str(src), "--force", "--skip-existing")
+        assert r.exit_code == 2 and len(lines(r.output)) == 1, r.output
+        assert "exclude each other" in r.output
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, model_dir, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    src = png(tmp_path / "a.png")
+    assert run("encode", str(src), "-m", "hist-rgb", "-q").exit_code == 0
+    monkeypatch.setattr("nncompress.api.compress_detailed", no_work)
+    monkeypatch.setattr("nncompress.api.decompress_many", no_work)
+    monkeypatch.setattr("nncompress.api.load_model", no_work)
+    monkeypatch.setattr("nncompress.images.open_image", no_work)
+    nodir = tmp_path / "nodir"
+    r = run("encode", str(src), "-o", str(nodir / "x.nnc"), "-m", "hist-rgb")
+    one_line_error(r, f"-o {nodir / 'x.nnc'}: folder {nodir} does not exist")
+    assert r.exit_code == 1
+    r = run("decode", str(tmp_path / "a.nnc"), "-o", str(nodir / "x.png"))
+    one_line_error(r, "does not exist")
+    one_line_error(run("encode", str(src), "-o", f"{nodir}/", "-m", "hist-rgb"), "does not exist")
+    (tmp_path / "file").write_text("")
+    r = run("encode", str(src), "-o", str(tmp_path / "file" / "x.nnc"), "-m", "hist-rgb")
+    one_line_error(r, "is not a folder")
+    r = run("sample", "-m", "hist-grey", "-o", str(nodir / "g.png"))
+    one_line_error(r, "does not exist")
+    r = run("score", str(src), "-m", "hist-rgb", "--heatmap", str(nodir / "h.png"))
+    one_line_error(r, "does not exist")
+    assert not nodir.exists()
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, model_dir, monkeypatch):
+    """os.access is what decides (root may write anywhere, so it is faked here)."""
+    src = png(tmp_path / "a.png")
+    out = tmp_path / "ro"
+    out.mkdir()
+    monkeypatch.setattr("nncompress.cli.os.access", lambda path, mode: Path(path) != out)
+    monkeypatch.setattr("nncompress.api.compress_detailed", lambda *a, **k: 1 / 0)
+    r = run("encode", str(src), "-o", str(out / "a.nnc"), "-m", "hist-rgb")
+    one_line_error(r, f"folder {out} is not writable")
+    r = run("encode", str(src), str(png(tmp_path / "b.png")), "-o", str(out), "-m", "hist-rgb")
+    one_line_error(r, f"-o {out}: folder {out} is not writable")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["encode", "--bogus", "x.png"], "No such option '--bogus'"),
+        (["encode"], "Missing argument 'IN...'"),
+        (["decode", "--device", "gpu", "x.nnc"], "Invalid value for '--device'"),
+        (["encode", "x.png", "--max-batch", "0"], "Invalid value for '--max-batch'"),
+        (["encode", "x.png", "--max-pixels", "lots"], "Invalid value for '--max-pixels'"),
+        (["bogus"], "No such command 'bogus'"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["info"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_status_2(args, needle):
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert len(lines(r.output)) == 1 and lines(r.output)[0].startswith("Error: "), r.output
+    assert needle in r.output and "--help" in r.output and "Usage:" not in r.output
+
+
+def test_help_is_unchanged_by_the_one_line_errors():
+    r = run("encode", "--help")
+    assert r.exit_code == 0 and r.output.startswith("Usage: main encode [OPTIONS] IN...")
+    assert "--skip-existing" in r.output and "--max-pixels" in r.output
+    r = CliRunner().invoke(main, [])  # the group alone shows its help, as click does
+    assert "Usage:" in r.output and "Commands:" in r.output
+
+
+def test_info_into_a_closed_pipe_is_quiet(tmp_path, model_dir):
+    """`nncompress info x.nnc | head -1`: no 'Broken pipe' message, no traceback."""
+    src = png(tmp_path / "a.png")
+    assert run("encode", str(src), "-m", "hist-rgb", "-q").exit_code == 0
+    read, write = os.pipe()
+    os.close(read)  # closed before the first write: every write meets EPIPE
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "nncompress", "info", str(tmp_path / "a.nnc")],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        os.close(write)
+    assert r.stderr == "" and r.returncode != 0
+
+
+def test_a_slow_cpu_run_prints_its_estimate_first(tmp_path, model_dir, monkeypatch):
+    src = png(tmp_path / "a.png")  # 273 pixels
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu")
+    assert r.exit_code == 0 and r.stderr == "", r.stderr  # a fast run says nothing
+    monkeypatch.setattr("nncompress.cli.CPU_SECONDS_PER_MEGAPIXEL", {"hist-rgb": 4e8})
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f")
+    assert r.exit_code == 0, r.output
+    (line,) = lines(r.stderr)  # 4e8 s/MP * 273e-6 MP = 109,200 s
+    assert line.startswith("nncompress: encoding 0.00 MP with hist-rgb on the CPU")
+    assert "about 30.3 h" in line and "GPU" in line
+    r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png"))
+    assert r.exit_code == 0 and "decoding 0.00 MP with hist-rgb" in r.stderr, r.stderr
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f", "-q")
+    assert r.exit_code == 0 and r.output == ""
+
+
+def test_the_estimate_comes_from_the_model_file_else_its_parameter_count(
+    tmp_path, model_dir, monkeypatch
+):
+    from nncompress.modelfile import load_model_file
+
+    src = png(tmp_path / "a.png")
+    fixture = load_model_file(model_dir / "hist-rgb.safetensors").model  # hist-rgb, other info
+    info = {"tile": [16, 16], "cpu_seconds_per_megapixel": 2e8}
+    save_model(fixture, model_dir / "timed.safetensors", info=info)
+    r = run("encode", str(src), "-m", "timed", "--device", "cpu")
+    assert "about 15.2 h" in r.stderr, r.stderr  # 2e8 * 273e-6 = 54,600 s
+    # hist-rgb: no timing anywhere; 3 * 256 counts = 768 parameters
+    monkeypatch.setattr("nncompress.cli.CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS", 1e11)
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f")
+    assert "encoding 0.00 MP with hist-rgb" in r.stderr, r.stderr
+    r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png"))  # by name
+    assert "decoding 0.00 MP with hist-rgb" in r.stderr, r.stderr
+    monkeypatch.setattr("nncompress.cli.CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS", 1.0)
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f")
+    assert r.stderr == "", r.stderr
+
+
+def test_cpu_rate_constants_match_the_measurements():
+    from nncompress import cli
+
+    crop_mp = 768 * 512 / 1e6
+    assert cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo-small"] * crop_mp == pytest.approx(
+        21.9, rel=0.05
+    )
+    assert cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo"] * crop_mp == pytest.approx(
+        90.3, rel=0.05
+    )
+    # an unknown model of pixelcnnpp-photo's size lands near its measured rate
+    guess = cli.cpu_seconds_per_megapixel("mine", {}, 7_031_880)
+    assert guess == pytest.approx(cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo"], rel=0.1)
+    assert cli.cpu_seconds_per_megapixel("x", {"cpu_seconds_per_megapixel": 5}, 10**9) == 5
+
+
+def test_max_pixels_refuses_large_images_before_reading_them(tmp_path, model_dir, monkeypatch):
+    src = png(tmp_path / "a.png")  # 21x13 = 273 pixels
+    monkeypatch.setattr("nncompress.api.compress_detailed", lambda *a, **k: 1 / 0)
+    r = run("encode", str(src), "-m", "hist-rgb", "--max-pixels", "272")
+    one_line_error(r, "image 21x13 has 273 pixels, more than the limit of 272")
+    assert "(raise it with --max-pixels)" in r.output and r.exit_code == 1
+    assert run("encode", "--max-pixels", "0", str(src)).exit_code == 2
+
+
+def test_max_pixels_on_decode_reads_the_header_first(tmp_path, model_dir, monkeypatch):
+    import dataclasses
+
+    from nncompress import container
+
+    src = png(tmp_path / "a.png")
+    assert run("encode", str(src), "-m", "hist-rgb", "-q").exit_code == 0
+    data = (tmp_path / "a.nnc").read_bytes()
+    header, payload = container.unpack(data)
+    size = {"width": 10000, "height": 9000, "tile_h": 4096, "tile_w": 4096}  # 90,000,000 px
+    schedule = {"first_slot": 0, "batch_slots": 1, "total_slots": 9, "chunk_tiles": 1}
+    fields = {f.name for f in dataclasses.fields(header)}
+    size.update({k: v for k, v in schedule.items() if k in fields})
+    (tmp_path / "big.nnc").write_bytes(container.pack(dataclasses.replace(header, **size), payload))
+    monkeypatch.setattr("nncompress.api.decompress_many", lambda *a, **k: 1 / 0)
+    r = run("decode", str(tmp_path / "big.nnc"), "-o", str(tmp_path / "big.png"))
+    one_line_error(r, "image 10000x9000 has 90,000,000 pixels, more than the limit of 89,478,485")
+    assert "--max-pixels" in r.output and not (tmp_path / "big.png").exists()
+    r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png"), "--max-pixels", "9")
+    one_line_error(r, "more than the limit of 9 (raise it with --max-pixels)")
