@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .api import compress, compress_many, decompress, decompress_many, load_model, sample, score
 from .errors import NncError

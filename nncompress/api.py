@@ -14,8 +14,8 @@ which is much faster on a GPU than one by one. Each image still gets its own fil
 
 from __future__ import annotations
 
-import hashlib
 import math
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container
-from .codec import DecodeJob, EncodeJob, SampleJob, Schedule, TileGrid, TileJob, run_schedule
+from . import __version__, container
+from .codec import (
+    DecodeJob,
+    EncodeJob,
+    SampleJob,
+    TileGrid,
+    TileJob,
+    chunk_ranges,
+    plan_batches,
+    run_schedule,
+)
 from .errors import (
-    DeviceMismatchError,
     FormatError,
     IntegrityError,
     ModelMismatchError,
@@ -39,7 +47,6 @@ from .images import (
     Picture,
     as_image,
     check_pixel_count,
-    pixel_crc32,
     to_picture,
 )
 from .modelfile import LoadedModel
@@ -53,7 +60,9 @@ DEFAULT_TILE = 32
 # (measured on an H200: 2.3 vs 6.2 ms, the range coder taking most of the latter), so
 # larger batches code many images faster; on a CPU the cost grows with the batch.
 DEFAULT_MAX_BATCH = MappingProxyType({"cpu": 512, "cuda": 2048})
-GROUP_ID_BYTES = 16
+#: Tiles per coder stream (FORMAT.md: a chunk's tiles share one batch of the decoder, so
+#: this is also the smallest batch a decoder needs; ~4 bytes of stream end per chunk).
+CHUNK_TILES = 256
 
 ProgressFactory = Callable[[int, str], Callable[[int], None]]  # (total steps, label) -> update
 # What the entry points take as an image (see images.as_image).
@@ -149,20 +158,13 @@ def _progress_for(progress: ProgressFactory | None, steps: int, label: str):
     return progress(steps, label) if progress is not None else None
 
 
-def _steps(schedule: Schedule, jobs: Sequence[TileJob], tile: tuple[int, int]) -> int:
-    n = schedule.batch_slots
-    batches = {
-        b
-        for j in jobs
-        for b in range(j.first_slot // n, (j.first_slot + j.grid.count - 1) // n + 1)
-    }
-    return len(batches) * tile[0] * tile[1]
+def _steps(jobs: Sequence[TileJob], max_batch: int, tile: tuple[int, int]) -> int:
+    return len(plan_batches(jobs, max_batch)) * tile[0] * tile[1]
 
 
-def _device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"torch {torch.__version__} {torch.cuda.get_device_name(device)}"[:64]
-    return f"torch {torch.__version__}"[:64]
+def _encoder_label(device: torch.device) -> str:
+    """Informational: what wrote a file (not needed to decode it)."""
+    return f"nncompress {__version__} {device.type}"[: container.MAX_ENCODER_BYTES]
 
 
 @dataclass
@@ -192,11 +194,13 @@ def compress_detailed(
     progress: ProgressFactory | None = None,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    verify: bool = False,
 ) -> list[EncodeResult]:
     """Compress images (Pillow images, uint8 arrays or paths); images needing the same
     model are coded in one schedule, in batches of at most ``max_batch`` tiles (default:
     DEFAULT_MAX_BATCH of the device). An image of more than ``max_pixels`` pixels (None:
-    the format's limit only) raises UnsupportedImageError before any coding."""
+    the format's limit only) raises UnsupportedImageError before any coding. ``verify``:
+    decode every file just written and compare its pixels (IntegrityError if any differ)."""
     pictures = [to_picture(im) for im in _image_list(images, max_pixels)]
     dev = resolve_device(device)
     if max_batch is None:
@@ -211,11 +215,34 @@ def compress_detailed(
         lm = models[pic.channels]
         by_model.setdefault(lm.digest, (lm, []))[1].append(i)
     for lm, idx in by_model.values():
-        for i, res in zip(
-            idx, _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)
-        ):
+        group = _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)
+        if verify:
+            _verify(lm, [pictures[i] for i in idx], group, dev, max_batch, progress)
+        for i, res in zip(idx, group):
             results[i] = res
     return [r for r in results if r is not None]
+
+
+def _verify(lm, pictures, results, dev, max_batch, progress) -> None:
+    """Decode what was just encoded and compare pixels, as ``flac --verify`` does."""
+    back = decompress_many(
+        [r.data for r in results],
+        lm,
+        dev.type,
+        progress or False,
+        max_pixels=None,
+        max_batch=max_batch,
+    )
+    for pic, im in zip(pictures, back, strict=True):
+        if (
+            im.mode != pic.mode
+            or im.size != (pic.width, pic.height)
+            or (im.tobytes() != pic.to_pil().tobytes())
+        ):
+            raise IntegrityError(
+                "verification failed: the file just written does not decode to the image "
+                "(a bug in nncompress: please report it)"
+            )
 
 
 def _encode_group(
@@ -226,27 +253,33 @@ def _encode_group(
     max_batch: int,
     progress: ProgressFactory | None,
 ) -> list[EncodeResult]:
+    _require_integer(lm)
     th, tw = model_tile(lm, tile)
-    grids = [TileGrid(p.height, p.width, th, tw) for p in pictures]
-    schedule, firsts = Schedule.plan([g.count for g in grids], max_batch)
-    crcs = [p.crc32() for p in pictures]
-    group = _group_id(lm, pictures, crcs, (th, tw), schedule)
-    threads = default_cpu_threads() if dev.type == "cpu" else 0
-    jobs = [EncodeJob(g, f, p.planes) for g, f, p in zip(grids, firsts, pictures)]
+    chunk = max(1, min(CHUNK_TILES, max_batch, container.MAX_CHUNK_PIXELS // (th * tw)))
+    per_image = []  # the jobs (chunks) of each picture
+    for p in pictures:
+        grid = TileGrid(p.height, p.width, th, tw)
+        tiles = grid.split(p.planes)
+        ranges = chunk_ranges(grid.count, min(chunk, grid.count))
+        per_image.append([EncodeJob(grid, r, tiles[r.start : r.stop]) for r in ranges])
+    jobs = [j for js in per_image for j in js]
     model = lm.model.to(dev).eval()
-    with coding_context(dev, threads):
+    with coding_context(dev, default_cpu_threads()):
         run_schedule(
             model,
             jobs,
-            schedule,
             th,
             tw,
-            _progress_for(progress, _steps(schedule, jobs, (th, tw)), "encode"),
+            max_batch,
+            _progress_for(progress, _steps(jobs, max_batch, (th, tw)), "encode"),
         )
     out = []
-    for job, pic, crc in zip(jobs, pictures, crcs):
-        if not np.array_equal(job.grid.join(job.tiles), pic.planes):
+    for chunks, pic in zip(per_image, pictures):
+        canvas = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
+        if not np.array_equal(canvas, pic.planes):
             raise IntegrityError("internal error: the encoder's canvas differs from the image")
+        payload = container.join_streams([j.encoder.finish() for j in chunks])
+        crc = _content_crc(pic)
         header = container.Header(
             model_name=lm.name,
             model_digest=lm.digest,
@@ -255,28 +288,30 @@ def _encode_group(
             height=pic.height,
             tile_h=th,
             tile_w=tw,
-            batch_slots=schedule.batch_slots,
-            first_slot=job.first_slot,
-            total_slots=schedule.total_slots,
-            group=group,
-            device=dev.type,
-            dtype="float32",
-            cpu_threads=threads,
-            torch_version=_device_label(dev),
+            chunk_tiles=chunks[0].count,
             pixel_crc32=crc,
+            payload_crc32=zlib.crc32(payload),
+            encoder=_encoder_label(dev),
         )
-        data = container.pack(header, job.encoder.finish())
-        out.append(EncodeResult(data, header, pic.subpixels, job.info_bits))
+        data = container.pack(header, payload)
+        bits = sum(j.info_bits for j in chunks)
+        out.append(EncodeResult(data, header, pic.subpixels, bits))
     return out
 
 
-def _group_id(lm, pictures, crcs, tile, schedule) -> bytes:
-    """Deterministic id of one schedule: same inputs and settings -> same bytes."""
-    h = hashlib.sha256(lm.digest)
-    h.update(repr((tile, schedule.batch_slots, schedule.total_slots)).encode())
-    for p, crc in zip(pictures, crcs):
-        h.update(repr((p.mode, p.width, p.height, crc)).encode())
-    return h.digest()[:GROUP_ID_BYTES]
+def _content_crc(pic: Picture) -> int:
+    return container.content_crc32(pic.mode, pic.width, pic.height, 8, pic.to_pil().tobytes())
+
+
+def _require_integer(lm: LoadedModel) -> None:
+    """Format-4 files are coded with integer models only (their tables are the same on
+    every machine); a float model's would decode only where they were made."""
+    if not getattr(lm.model.distribution, "integer_tables", False):
+        raise ModelMismatchError(
+            f"model {lm.name!r} ({lm.family}) uses float arithmetic, whose files would decode "
+            "only on the machine that wrote them; use an integer model (nncompress models "
+            "lists them; `nncompress quantize` converts a trained PixelCNN++)"
+        )
 
 
 def compress_many(
@@ -312,19 +347,6 @@ def compress(
     return compress_many([one], model, device, tile, max_pixels=max_pixels)[0]
 
 
-def _decode_device(header: container.Header, device: str) -> torch.device:
-    if device not in ("auto", header.device):
-        raise DeviceMismatchError(
-            f"this file was encoded on {header.device} and must be decoded on {header.device} "
-            f"(asked for {device}); a portable path does not exist yet"
-        )
-    if header.device == "cuda" and not torch.cuda.is_available():
-        raise DeviceMismatchError(
-            "this file was encoded on cuda and must be decoded on a CUDA device; none is available"
-        )
-    return torch.device(header.device)
-
-
 def decompress_many(
     blobs: Sequence[bytes | str | Path],
     model: str | Path | LoadedModel | None = None,
@@ -332,64 +354,69 @@ def decompress_many(
     progress: bool | ProgressFactory = False,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_batch: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Image.Image]:
-    """Decode .nnc files (bytes, or paths to files). Files encoded together are decoded
-    together (same schedule). A header claiming more than ``max_pixels`` pixels (None: no
-    limit but the format's) raises UnsupportedImageError before anything is decoded."""
+    """Decode .nnc files (bytes, or paths to files) on ``device`` ("auto": CUDA if there
+    is one), whatever device wrote them. Files with the same model and tile size are
+    decoded together, in batches of at most ``max_batch`` tiles. A header claiming more
+    than ``max_pixels`` pixels (None: no limit but the format's) raises
+    UnsupportedImageError before anything is decoded. ``names``: the files' names, for
+    messages."""
     factory = _tqdm_factory if progress is True else (progress or None)
     parsed = [container.unpack(b) for b in _blob_list(blobs)]
     for h, _ in parsed:
         check_pixel_count(h.width, h.height, max_pixels)
     given = load_model(model) if model is not None else None
+    dev = resolve_device(device)
+    if max_batch is None:
+        max_batch = DEFAULT_MAX_BATCH[dev.type]
     out: list[Image.Image | None] = [None] * len(parsed)
+    # A tile's tables depend on nothing but the model and its own pixels: files sharing a
+    # model and a tile size decode together in any batches, on any device.
     groups: dict[tuple, list[int]] = {}
     for i, (h, _) in enumerate(parsed):
-        key = (
-            h.model_digest,
-            h.group,
-            h.tile_h,
-            h.tile_w,
-            h.batch_slots,
-            h.total_slots,
-            h.device,
-            h.dtype,
-            h.cpu_threads,
-        )
-        groups.setdefault(key, []).append(i)
+        groups.setdefault((h.model_digest, h.tile_h, h.tile_w), []).append(i)
     for idx in groups.values():
         h0 = parsed[idx[0]][0]
         lm = _decode_model(h0, given)
-        dev = _decode_device(h0, device)
-        jobs = [
-            DecodeJob(TileGrid(h.height, h.width, h.tile_h, h.tile_w), h.first_slot, payload)
-            for h, payload in (parsed[i] for i in idx)
-        ]
-        schedule = Schedule(h0.batch_slots, h0.total_slots)
+        _require_integer(lm)
+        per_file = []
+        for i in idx:
+            h, payload = parsed[i]
+            grid = TileGrid(h.height, h.width, h.tile_h, h.tile_w)
+            streams = container.split_streams(h, payload)
+            ranges = chunk_ranges(grid.count, h.chunk_tiles)
+            per_file.append([DecodeJob(grid, r, st) for r, st in zip(ranges, streams)])
+        jobs = [j for js in per_file for j in js]
         model_ = lm.model.to(dev).eval()
-        with coding_context(dev, h0.cpu_threads or 1):
+        tile = (h0.tile_h, h0.tile_w)
+        with coding_context(dev, default_cpu_threads()):
             run_schedule(
                 model_,
                 jobs,
-                schedule,
-                h0.tile_h,
-                h0.tile_w,
-                _progress_for(factory, _steps(schedule, jobs, (h0.tile_h, h0.tile_w)), "decode"),
+                *tile,
+                max_batch,
+                _progress_for(factory, _steps(jobs, max_batch, tile), "decode"),
             )
-        for i, job in zip(idx, jobs):
+        for i, chunks in zip(idx, per_file):
             h = parsed[i][0]
-            image = Picture(job.grid.join(job.tiles), h.mode).to_pil()
-            if pixel_crc32(image) != h.pixel_crc32:
-                raise IntegrityError(_crc_message(h, dev))
+            planes = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
+            image = Picture(planes, h.mode).to_pil()
+            crc = container.content_crc32(h.mode, h.width, h.height, h.bit_depth, image.tobytes())
+            if crc != h.pixel_crc32:
+                raise IntegrityError(_crc_message(names[i] if names else None))
             out[i] = image
     return [im for im in out if im is not None]
 
 
-def _crc_message(h: container.Header, dev: torch.device) -> str:
-    here = _device_label(dev)
-    msg = "decoded pixels do not match the stored checksum (corrupted file"
-    if here != h.torch_version:
-        msg += f", or a different runtime: encoded with '{h.torch_version}', decoding with '{here}'"
-    return msg + ")"
+def _crc_message(name: str | None) -> str:
+    """The payload's own checksum matched, so the coding computation differed: a bug."""
+    what = f"{name}: " if name else ""
+    return (
+        f"{what}decoded pixels do not match the stored checksum although the payload is "
+        "intact: this is a bug in nncompress, please report it with the file"
+    )
 
 
 def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel:
@@ -504,12 +531,11 @@ def sample(
     dev = resolve_device(device)
     rng = np.random.default_rng(seed)
     grid = TileGrid(h, w, h, w)
-    jobs = [SampleJob(grid, i, rng) for i in range(n)]
-    schedule = Schedule(n, n)
+    jobs = [SampleJob(grid, rng) for _ in range(n)]
     net = lm.model.to(dev).eval()
     mode = "L" if net.channels == 1 else "RGB"
     with coding_context(dev, default_cpu_threads()):
-        run_schedule(net, jobs, schedule, h, w, _progress_for(factory, h * w, "sample"))
+        run_schedule(net, jobs, h, w, max(1, n), _progress_for(factory, h * w, "sample"))
     return [Picture(job.tiles[0], mode).to_pil() for job in jobs]
 
 

@@ -1,18 +1,18 @@
 """The one step loop shared by encoding, decoding and sampling.
 
-Exactness rule (see FORMAT.md, "Replaying the encoder"): the encoder must obtain every
-probability table from exactly the computation the decoder will run. So there is one loop,
-``run_schedule``, parameterised only by where the next symbols come from — the image
-(encoding), the range decoder (decoding) or a random generator (sampling). Everything that
-shapes the computation (tile size, batch composition, device, threads) is decided before the
-loop and recorded in the .nnc header.
+Exactness rule (see FORMAT.md): the encoder must obtain every coding table from exactly the
+computation the decoder will run. So there is one loop, ``run_schedule``, parameterised only
+by where the next symbols come from — the image (encoding), the range decoder (decoding) or
+a random generator (sampling). With an integer model a tile's tables depend only on the
+model and the tile's own pixels, not on device, threads or batch-mates.
 
-Schedule: each image is cut into tiles of ``tile_h x tile_w`` (edge tiles padded); the tiles of
-all images in one call occupy consecutive *slots*; slots are grouped into batches of
-``batch_slots`` (the last one padded with filler slots). Within a batch every tile advances one
-pixel per step, in the stepper's order, channel by channel; one coder call per image per
-channel per step. Padding positions are never coded: their values are derived from decoded
-neighbours (stepper.padding) identically on both sides.
+Schedule: each image is cut into tiles of ``tile_h x tile_w`` (edge tiles padded), and its
+tiles into *chunks* of consecutive tiles, each chunk one job with its own coder stream (the
+stream's symbols come step by step, channel by channel, tile by tile within the chunk, so a
+chunk's tiles advance together). Batches are packs of whole chunks, of any images, in any
+combination: every tile in a batch advances one pixel per step, in the stepper's order.
+Padding positions are never coded: their values are derived from decoded neighbours
+(stepper.padding) identically on both sides.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .coding import Decoder, Encoder
+from .coding import FREQ_TOTAL, Decoder, Encoder
 from .distributions.base import NUM_SYMBOLS, Distribution
 from .models.base import LikelihoodModel, Stepper, StepRunner
 from .runtime import step_runner
@@ -83,16 +83,21 @@ class TileGrid:
 
 
 class TileJob(abc.ABC):
-    """One image's tiles within a schedule: where its symbols come from or go to."""
+    """A chunk of one image's tiles (``tiles`` of ``grid``, consecutive in raster order of
+    tiles), coded as one stream: where its symbols come from or go to."""
 
-    def __init__(self, grid: TileGrid, first_slot: int) -> None:
+    def __init__(self, grid: TileGrid, tiles: range | None = None) -> None:
         self.grid = grid
-        self.first_slot = first_slot
-        self.extents = grid.extents()
+        self.span = tiles if tiles is not None else range(grid.count)
+        self.count = len(self.span)
+        self.extents = grid.extents()[self.span.start : self.span.stop]
         self.tiles: np.ndarray | None = None  # (count, C, th, tw) after the schedule ran
         # -log2 of the coding probabilities of the symbols, summed: when encoding and
         # sampling (a decoder has no use for it, and it cost ~5% of a decode on CUDA).
         self.info_bits = 0.0
+        #: Whether the tables are integer (quant.distributions: frequency g + 1 of
+        #: FREQ_TOTAL) rather than float PMFs; set by run_schedule from the distribution.
+        self.integer = False
 
     @abc.abstractmethod
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
@@ -102,15 +107,18 @@ class TileJob(abc.ABC):
 
     def _account(self, probs: np.ndarray, symbols: np.ndarray) -> None:
         p = probs[np.arange(len(symbols)), symbols].astype(np.float64, copy=False)
+        if self.integer:
+            p = (p + 1.0) / FREQ_TOTAL
         self.info_bits -= float(np.log2(p).sum())
 
 
 class EncodeJob(TileJob):
-    """Symbols come from the image; they are range-coded into ``encoder``."""
+    """Symbols come from the image's tiles ``source`` (count, C, th, tw): TileGrid.split of
+    the chunk; they are range-coded into ``encoder``."""
 
-    def __init__(self, grid: TileGrid, first_slot: int, planes: np.ndarray) -> None:
-        super().__init__(grid, first_slot)
-        self.source = grid.split(planes)
+    def __init__(self, grid: TileGrid, tiles: range, source: np.ndarray) -> None:
+        super().__init__(grid, tiles)
+        self.source = source
         self.encoder = Encoder()
 
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
@@ -123,8 +131,8 @@ class EncodeJob(TileJob):
 class DecodeJob(TileJob):
     """Symbols come from the range decoder over ``payload``."""
 
-    def __init__(self, grid: TileGrid, first_slot: int, payload: bytes) -> None:
-        super().__init__(grid, first_slot)
+    def __init__(self, grid: TileGrid, tiles: range, payload: bytes) -> None:
+        super().__init__(grid, tiles)
         self.decoder = Decoder(payload)
 
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
@@ -134,55 +142,53 @@ class DecodeJob(TileJob):
 class SampleJob(TileJob):
     """Symbols are drawn from the model's PMFs (``nncompress sample``)."""
 
-    def __init__(self, grid: TileGrid, first_slot: int, rng: np.random.Generator) -> None:
-        super().__init__(grid, first_slot)
+    def __init__(self, grid: TileGrid, rng: np.random.Generator) -> None:
+        super().__init__(grid)
         self.rng = rng
 
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
-        cdf = np.cumsum(probs.astype(np.float64), axis=1)
+        cdf = np.cumsum(probs.astype(np.float64) + (1.0 if self.integer else 0.0), axis=1)
         u = self.rng.random(len(probs))[:, None] * cdf[:, -1:]
         symbols = np.minimum((cdf < u).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
         self._account(probs, symbols)
         return symbols
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Slots: tiles of all images, consecutive; batches of ``batch_slots``."""
+def plan_batches(jobs: Sequence[TileJob], max_batch: int) -> list[list[TileJob]]:
+    """Pack whole jobs, in order, into batches of at most ``max_batch`` tiles (a job larger
+    than that gets a batch of its own)."""
+    batches: list[list[TileJob]] = []
+    size = 0
+    for job in jobs:
+        if not batches or size + job.count > max_batch:
+            batches.append([])
+            size = 0
+        batches[-1].append(job)
+        size += job.count
+    return batches
 
-    batch_slots: int
-    total_slots: int
 
-    @staticmethod
-    def plan(tile_counts: Sequence[int], max_batch: int) -> tuple[Schedule, list[int]]:
-        """Lay out images with ``tile_counts`` tiles; returns the schedule and first slots."""
-        firsts = np.concatenate([[0], np.cumsum(tile_counts)[:-1]]).astype(int).tolist()
-        total = int(sum(tile_counts))
-        batch = max(1, min(total, max_batch))
-        return Schedule(batch, math.ceil(total / batch) * batch), firsts
+def chunk_ranges(count: int, chunk: int) -> list[range]:
+    """Tiles 0..count-1 in chunks of ``chunk`` consecutive tiles (the last may be short)."""
+    return [range(s, min(s + chunk, count)) for s in range(0, count, chunk)]
 
 
 def run_schedule(
     model: LikelihoodModel,
     jobs: Sequence[TileJob],
-    schedule: Schedule,
     tile_h: int,
     tile_w: int,
+    max_batch: int,
     progress: ProgressFn | None = None,
 ) -> None:
-    """Run the step loop for ``jobs`` (fills each job's ``tiles``). Batches holding no slot of
-    any job are skipped: a slot's computation does not depend on other slots' contents."""
-    n = schedule.batch_slots
+    """Run the step loop for ``jobs`` (fills each job's ``tiles``), in batches of
+    plan_batches(jobs, max_batch)."""
+    integer = bool(getattr(model.distribution, "integer_tables", False))
     for job in jobs:
-        job.tiles = np.zeros((job.grid.count, model.channels, tile_h, tile_w), dtype=np.uint8)
-    # The batches that hold a slot of some job, with their jobs (in job order), found from
-    # the jobs rather than by walking every batch: a header may claim up to 2^32 slots.
-    members: dict[int, list[TileJob]] = {}
-    for j in jobs:
-        for b in range(j.first_slot // n, (j.first_slot + j.grid.count - 1) // n + 1):
-            members.setdefault(b, []).append(j)
-    for b in sorted(members):
-        _run_batch(model, members[b], b * n, n, tile_h, tile_w, progress)
+        job.tiles = np.zeros((job.count, model.channels, tile_h, tile_w), dtype=np.uint8)
+        job.integer = integer
+    for batch in plan_batches(jobs, max_batch):
+        _run_batch(model, batch, tile_h, tile_w, progress)
 
 
 class ChannelPmfs:
@@ -256,12 +262,11 @@ class ChannelPmfs:
 def _run_batch(
     model: LikelihoodModel,
     members: list[TileJob],
-    start: int,
-    n: int,
     tile_h: int,
     tile_w: int,
     progress: ProgressFn | None,
 ) -> None:
+    n = sum(job.count for job in members)
     stepper: Stepper = model.stepper(n, tile_h, tile_w)
     device = stepper.canvas.device
     stepper.runner = runner = step_runner(device)
@@ -273,12 +278,12 @@ def _run_batch(
     vh = np.zeros(n, dtype=np.int64)
     vw = np.zeros(n, dtype=np.int64)
     spans = []  # (job, lo, hi, first tile index) with slots [lo, hi) of this batch
+    lo = 0
     for job in members:
-        lo = max(job.first_slot, start) - start
-        hi = min(job.first_slot + job.grid.count, start + n) - start
-        t0 = start + lo - job.first_slot
-        vh[lo:hi], vw[lo:hi] = job.extents[t0 : t0 + hi - lo].T
-        spans.append((job, lo, hi, t0))
+        hi = lo + job.count
+        vh[lo:hi], vw[lo:hi] = job.extents.T
+        spans.append((job, lo, hi, 0))
+        lo = hi
     # Host mirror of the canvas: padding values are read from it without a device sync.
     mirror = np.zeros((n, channels, tile_h, tile_w), dtype=np.int64)
     slots = np.arange(n)

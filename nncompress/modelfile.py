@@ -11,7 +11,7 @@ the config's keys and types (models.base.config_problem), the memory the config 
 family's constructor allocate (at most a few times the weights the file holds, enforced
 while it runs: ``_BuildBudget``), the tensors' names, shapes and dtypes against the model
 built, finite floating-point weights, and the fields of the free-form ``info`` that code
-reads (``tile``).
+reads (``tile``), and finally one evaluation on a blank tile (values no other check sees).
 """
 
 from __future__ import annotations
@@ -414,6 +414,23 @@ def _fitted_tensor(name: str, have: torch.Tensor, want: torch.Tensor) -> torch.T
     return have.to(want.dtype)
 
 
+def _evaluation_problem(model: LikelihoodModel) -> str | None:
+    """Evaluate the loaded model once on a blank tile (its fixed one, else 2x2): values no
+    dtype or shape check sees (an integer buffer indexing out of range, weights that
+    overflow) must fail here, not in the middle of coding. None if the log-likelihood is
+    finite."""
+    h, w = model.fixed_tile or (2, 2)
+    x = torch.zeros(1, model.channels, h, w, dtype=torch.uint8)
+    try:
+        with torch.no_grad():
+            lp = model.log_prob(x)
+    except Exception as e:  # noqa: BLE001 - whatever the weights make the family's code do
+        return f"the model does not evaluate ({type(e).__name__}: {e})"
+    if not bool(torch.isfinite(lp).all()):
+        return "the model's log-likelihood of a blank tile is not finite (diverged weights?)"
+    return None
+
+
 def load_model_file(path: str | Path, name: str | None = None) -> LoadedModel:
     """Load and verify a model file. ModelFileError on any problem."""
     path = Path(path)
@@ -454,6 +471,9 @@ def load_model_file(path: str | Path, name: str | None = None) -> LoadedModel:
     except Exception as e:  # noqa: BLE001
         raise _fail(path, f"tensors do not fit the config: {e}") from None
     model.eval()
+    problem = _evaluation_problem(model)
+    if problem is not None:
+        raise _fail(path, problem)
     return LoadedModel(
         name=name or path.stem, digest=digest, model=model, info=header.info, path=path
     )

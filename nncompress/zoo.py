@@ -12,11 +12,13 @@ MODEL_DIR_ENV = "NNCOMPRESS_MODEL_DIR"  # extra folders (os.pathsep-separated), 
 MODEL_SUFFIX = ".safetensors"
 # Default model per number of coded channels: the first one installed is used. On CPU the
 # small photo model comes first: the GPU-sized one decodes many times slower there.
+# Only integer models write files (format 4: the same tables on every machine); MADE has no
+# integer path yet, so greyscale images fall back to the order-0 model.
 DEFAULTS: dict[int, tuple[str, ...]] = {
-    3: ("pixelcnnpp-photo", "pixelcnnpp-photo-small", "histogram-photo"),
-    1: ("pixelcnnpp-grey", "made-mnist", "histogram-mnist"),
+    3: ("pixelcnnpp-photo-int", "pixelcnnpp-photo-small-int", "histogram-photo-int"),
+    1: ("pixelcnnpp-grey-int", "histogram-mnist-int"),
 }
-CPU_FIRST = ("pixelcnnpp-photo-small",)
+CPU_FIRST = ("pixelcnnpp-photo-small-int",)
 
 
 def model_dirs() -> list[Path]:

@@ -40,8 +40,11 @@ def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     'pcnn-tiny' (random-init tiny PixelCNN++, 8x8 tiles) when that family exists."""
     d = tmp_path / "models"
     d.mkdir()
-    save_model(fitted_histogram(3), d / "hist-rgb.safetensors", info={"tile": [16, 16]})
-    save_model(fitted_histogram(1), d / "hist-grey.safetensors", info={"tile": [16, 16]})
+    from nncompress.quant.convert import to_integer
+
+    for name, ch in (("hist-rgb", 3), ("hist-grey", 1)):
+        model = to_integer(fitted_histogram(ch))
+        save_model(model, d / f"{name}.safetensors", info={"tile": [16, 16]})
     monkeypatch.setenv("NNCOMPRESS_MODEL_DIR", str(d))
     return d
 

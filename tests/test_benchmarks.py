@@ -15,6 +15,7 @@ from PIL import Image
 from benchmarks import common, compare, decode_speed
 from nncompress.modelfile import save_model
 from nncompress.models.histogram import HistogramConfig, HistogramModel
+from nncompress.quant.convert import to_integer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 UNIFORM_BITS = 8.0  # an unfitted histogram model gives every value p = 1/256
@@ -197,7 +198,8 @@ def test_normalize_image_modes() -> None:
 def histogram_file(tmp_path: Path) -> Path:
     """A random-init (uniform) 3-channel histogram model with small tiles."""
     path = tmp_path / "hist-uniform.safetensors"
-    save_model(HistogramModel(HistogramConfig(channels=3)), path, info={"tile": [8, 8]})
+    model = to_integer(HistogramModel(HistogramConfig(channels=3)))
+    save_model(model, path, info={"tile": [8, 8]})
     return path
 
 

@@ -194,19 +194,15 @@ def test_sample_writes_a_grid(tmp_path, model_dir):
     one_line_error(run("sample", "-m", "hist-grey", "-o", str(out)), "exists")
 
 
-def test_file_encoded_on_another_device_kind_is_refused(tmp_path, model_dir):
-    """A file from a CUDA encoder must not be decoded on CPU (float results differ)."""
-    import dataclasses
-
-    from nncompress import container
-
+def test_a_format_3_file_names_the_release_that_reads_it(tmp_path, model_dir):
+    """0.3's float files decode only where they were made: the message says so."""
     src = png(tmp_path / "a.png")
     run("encode", str(src), "-m", "hist-rgb", "--device", "cpu")
-    header, payload = container.unpack((tmp_path / "a.nnc").read_bytes())
-    cuda = dataclasses.replace(header, device="cuda", cpu_threads=0)
-    (tmp_path / "g.nnc").write_bytes(container.pack(cuda, payload))
-    r = run("decode", str(tmp_path / "g.nnc"), "-o", str(tmp_path / "o.png"), "--device", "cpu")
-    one_line_error(r, "encoded on cuda")
+    data = bytearray((tmp_path / "a.nnc").read_bytes())
+    data[8:10] = (3).to_bytes(2, "little")
+    (tmp_path / "old.nnc").write_bytes(bytes(data))
+    r = run("decode", str(tmp_path / "old.nnc"), "-o", str(tmp_path / "o.png"))
+    one_line_error(r, "nncompress 0.3")
     assert not (tmp_path / "o.png").exists()
 
 
@@ -222,7 +218,8 @@ def test_max_batch_bounds_the_batch_and_the_file_still_decodes(tmp_path, model_d
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     (small,) = json.loads(run("info", str(nnc), "--json").output)
-    assert whole["batch_slots"] == 15 and small["batch_slots"] == 4
+    assert whole["chunk_tiles"] == 15 and small["chunk_tiles"] == 4
+    assert small["streams"] == 4
     out = tmp_path / "b.png"
     assert run("decode", str(nnc), "-o", str(out)).exit_code == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(src)))

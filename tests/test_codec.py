@@ -11,13 +11,16 @@ from conftest import VAL_DIR, fitted_histogram, random_image, tiny_pixelcnn
 from PIL import Image
 
 from nncompress import api, container
-from nncompress.codec import Schedule, TileGrid
+from nncompress.codec import TileGrid, chunk_ranges, plan_batches
 from nncompress.modelfile import LoadedModel
+from nncompress.quant.convert import to_integer
 
 
 def as_loaded(model, name="test") -> LoadedModel:
+    """A loaded model as the coder needs it: float models converted to integer ones."""
     from nncompress.modelfile import export_tensors, weights_digest
 
+    model = to_integer(model)
     digest = weights_digest(model.family, model.config_dict(), export_tensors(model))
     return LoadedModel(name=name, digest=digest, model=model, info={"tile": [8, 8]})
 
@@ -45,10 +48,15 @@ def test_edge_padding_replicates_last_row_and_column():
     assert zero[2:].sum() == 0 and zero[:, 3].sum() == 0
 
 
-def test_schedule_plan_pads_last_batch():
-    sched, firsts = Schedule.plan([3, 5, 1], max_batch=4)
-    assert firsts == [0, 3, 8]
-    assert (sched.batch_slots, sched.total_slots) == (4, 12)
+def test_batches_are_packs_of_whole_chunks():
+    class Job:
+        def __init__(self, count):
+            self.count = count
+
+    jobs = [Job(c) for c in (3, 5, 1, 2, 2)]
+    sizes = [[j.count for j in b] for b in plan_batches(jobs, 4)]
+    assert sizes == [[3], [5], [1, 2], [2]]  # a chunk larger than the batch runs alone
+    assert [list(r) for r in chunk_ranges(5, 2)] == [[0, 1], [2, 3], [4]]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
@@ -66,15 +74,38 @@ def test_several_images_one_schedule_decoded_together_and_alone():
     lm = as_loaded(fitted_histogram(3))
     ims = [random_image("RGB", w, h, seed=w) for w, h in [(20, 11), (3, 30), (8, 8)]]
     results = api.compress_detailed(ims, lm, "cpu", max_batch=4)
-    headers = [r.header for r in results]
-    assert len({h.group for h in headers}) == 1
-    assert [h.first_slot for h in headers] == [0, 6, 10]
-    together = api.decompress_many([r.data for r in results], lm, "cpu")
-    for a, b in zip(together, ims):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
-    # A file decoded on its own: other slots of its batches hold filler.
+    assert [r.header.chunk_tiles for r in results] == [4, 4, 1]  # 6, 4 and 1 tiles
+    # The same bytes as each image encoded alone (with the same chunk size).
+    for r, im in zip(results, ims):
+        assert api.compress_detailed([im], lm, "cpu", max_batch=4)[0].data == r.data
+    blobs = [r.data for r in results]
+    for max_batch in (1, 3, 64):  # any batching: tables depend on a tile's pixels only
+        together = api.decompress_many(blobs, lm, "cpu", max_batch=max_batch)
+        for a, b in zip(together, ims):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
     alone = api.decompress(results[1].data, lm, "cpu")
     assert np.array_equal(np.asarray(alone), np.asarray(ims[1]))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pixelcnn_file_decodes_with_any_batch_and_thread_count(threads):
+    """Integer PixelCNN++: one file decodes alone, batched with another file, with batches
+    of 1, 3 and all, with 1 and 2 torch threads; identical pixels each time."""
+    from nncompress import runtime
+
+    lm = as_loaded(tiny_pixelcnn(3, seed=4))
+    ims = [random_image("RGB", 13, 10, seed=1), random_image("RGB", 5, 17, seed=2)]
+    blobs = api.compress_many(ims, lm, "cpu", tile=4)
+    assert blobs[0] == api.compress(ims[0], lm, "cpu", tile=4)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runtime, "CODING_CPU_THREADS", threads)
+    try:
+        for max_batch in (1, 3, 64):
+            outs = api.decompress_many(blobs, lm, "cpu", max_batch=max_batch)
+            assert [o.tobytes() for o in outs] == [i.tobytes() for i in ims]
+        assert api.decompress(blobs[1], lm, "cpu").tobytes() == ims[1].tobytes()
+    finally:
+        mp.undo()
 
 
 def test_encoding_is_deterministic():
@@ -86,9 +117,9 @@ def test_encoding_is_deterministic():
 @pytest.mark.skipif(not VAL_DIR.is_dir(), reason="shared photos not present")
 def test_payload_within_one_percent_of_model_nll_on_a_photo():
     photo = Image.open(sorted(VAL_DIR.glob("*.webp"))[0]).convert("RGB").crop((0, 0, 96, 64))
-    lm = as_loaded(fitted_histogram(3))
-    lm.model.fit([np.asarray(photo).transpose(2, 0, 1)])
-    lm = as_loaded(lm.model)
+    model = fitted_histogram(3)
+    model.fit([np.asarray(photo).transpose(2, 0, 1)])
+    lm = as_loaded(model)
     res = api.compress_detailed([photo], lm, "cpu")[0]
     nll = api.score([photo], lm, "cpu")[0]
     assert res.subpixels >= 10_000
@@ -115,7 +146,7 @@ def test_cuda_round_trip_through_graphs_and_eager() -> None:
     graphs): lossless, and the same bytes as launching the kernels one by one."""
     from nncompress.modelfile import export_tensors, weights_digest
 
-    m = tiny_pixelcnn(3, seed=3)
+    m = to_integer(tiny_pixelcnn(3, seed=3))
     lm = LoadedModel("tiny", weights_digest(m.family, m.config_dict(), export_tensors(m)), m, {})
     images = [random_image("RGB", 37, 21, seed=1), random_image("RGB", 9, 30, seed=2)]
     blobs = api.compress_many(images, lm, "cuda", tile=8)
@@ -177,12 +208,23 @@ def test_forged_mode_with_another_channel_count_is_a_format_error():
         api.decompress(_forged(data, mode="L"), lm, "cpu")
 
 
-def test_forged_huge_schedule_runs_only_the_batches_of_the_file():
-    # total_slots near 2^32: decoding used to walk every empty batch (~33 minutes).
+def test_forged_swapped_shape_is_caught_by_the_pixel_check():
+    """Width and height swapped (header CRC recomputed) used to decode silently to a wrong
+    shape: the pixel check covers the shape now."""
+    from nncompress.errors import FormatError, IntegrityError
+
     lm = as_loaded(fitted_histogram(3))
-    im = random_image("RGB", 20, 11)
-    data = api.compress(im, lm, "cpu")
+    data = api.compress(random_image("RGB", 16, 8), lm, "cpu")
     h = container.unpack(data)[0]
-    forged = _forged(data, total_slots=(2**32 - 1) // h.batch_slots * h.batch_slots)
-    out = api.decompress(forged, lm, "cpu")
-    assert np.array_equal(np.asarray(out), np.asarray(im))
+    with pytest.raises((IntegrityError, FormatError)):
+        api.decompress(_forged(data, width=h.height, height=h.width), lm, "cpu")
+
+
+def test_float_models_do_not_write_files():
+    from nncompress.errors import ModelMismatchError
+    from nncompress.modelfile import export_tensors, weights_digest
+
+    m = fitted_histogram(3)
+    lm = LoadedModel("f", weights_digest(m.family, m.config_dict(), export_tensors(m)), m, {})
+    with pytest.raises(ModelMismatchError, match="float arithmetic"):
+        api.compress(random_image("RGB", 4, 4), lm, "cpu")

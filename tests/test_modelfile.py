@@ -295,6 +295,15 @@ def test_integer_buffers(tmp_path: Path, made) -> None:
     )
 
 
+def test_an_integer_buffer_that_indexes_out_of_range(tmp_path: Path, made) -> None:
+    """Dtype and shape fit, the digest is valid, but MADE's ordering names a position that
+    does not exist: the evaluation at load finds it (it was an IndexError while coding)."""
+    cfg, tensors = made
+    bad = dict(tensors, orders=tensors["orders"].clone())
+    bad["orders"][0, 3] = 16  # positions are 0..15
+    refused(forge(tmp_path / "m.safetensors", "made", cfg, bad), "the model does not evaluate")
+
+
 @dataclass(frozen=True)
 class IntConfig:
     channels: int = 1

@@ -21,6 +21,7 @@ from nncompress.modelfile import load_model_file
 from nncompress.models import FAMILIES
 from nncompress.models.base import LikelihoodModel
 from nncompress.models.histogram import HistogramConfig, HistogramModel
+from nncompress.quant.convert import integer_path
 from nncompress.train.cli import train as train_cmd
 from nncompress.train.data import (
     CropSampler,
@@ -632,6 +633,8 @@ def test_trained_pixelcnnpp_round_trips_through_the_api(tmp_path: Path, photo_di
     )
     res = train(cfg, log=quiet)
     lm = load_model_file(res.out)
+    assert lm.info["tile"] == [8, 8]
+    lm = load_model_file(integer_path(res.out))  # the model that codes
     assert lm.info["tile"] == [8, 8] and api.model_tile(lm) == (8, 8)
     image = Image.fromarray(smooth_image(11, 9, 7))
     data = api.compress(image, model=lm, device="cpu")
@@ -659,7 +662,7 @@ def test_torchrun_trains_with_two_processes_on_cpu(tmp_path: Path, photo_dir: Pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    lm = load_model_file(out)
+    lm = load_model_file(integer_path(out))  # the model that codes
     assert lm.info["batch"] == 8 and lm.info["device"].startswith("2 x cpu")
     log = json.loads(out.with_suffix(".log.json").read_text())
     vals = [e["val_bpd"] for e in log["curve"] if e["val_bpd"] is not None]

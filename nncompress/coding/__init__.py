@@ -1,3 +1,3 @@
-from .range_coder import Decoder, Encoder
+from .range_coder import FREQ_TOTAL, Decoder, Encoder
 
-__all__ = ["Decoder", "Encoder"]
+__all__ = ["FREQ_TOTAL", "Decoder", "Encoder"]

@@ -1,9 +1,13 @@
 """The only module that imports constriction: a FIFO range coder, many symbols per call.
 
-The entropy model is constriction's ``Categorical`` with ``perfect=False`` passed
-explicitly: its default differs between versions, and encoder and decoder must quantize
-the float probabilities the same way. Every symbol gets a non-zero quantized probability
-(the quantization is leaky), and our PMFs are floored on top of that.
+Tables are (N, 256) rows of integer weights ``g`` (quant.distributions: g_j >= 0, summing
+to FREQ_TOTAL - 256), handed over as float64 (exact: they are below 2^24). The model is
+constriction's ``Categorical`` with ``perfect=False`` (passed explicitly: its default
+differs between versions), its lazy leaky quantizer at 24 bits of precision: symbol j's
+left cumulative is floor(S_j * scale) + j with S_j = g_0 + ... + g_{j-1} (exact float64
+sums of integers) and scale = (2^24 - 256) / sum(g) = 1 exactly, so the coder's frequency
+of symbol j is exactly g_j + 1 out of FREQ_TOTAL = 2^24 (FORMAT.md, "Entropy coding") on
+every machine.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import numpy as np
 from ..errors import FormatError
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
+#: The coder's probability precision: frequencies of a table sum to this.
+FREQ_TOTAL = 2**24
 _WORD = np.dtype("<u4")  # payload words, little-endian on disk
 
 

@@ -1,4 +1,4 @@
-"""The .nnc container, format version 3: a validated header plus the range coder's payload.
+"""The .nnc container, format version 4: a validated header plus the range coder's payload.
 
 The byte layout and the rules a decoder follows are specified in FORMAT.md (repository
 root); this module is the reference implementation. Every length read from a file is
@@ -24,12 +24,17 @@ from ..errors import FormatError, UnsupportedVersionError
 #: PNG-style signature: a non-ASCII first byte catches 7-bit transfers, CR LF and LF catch
 #: line-ending conversion, ^Z stops `type` on DOS.
 MAGIC: Final = b"\x89NNC\r\n\x1a\n"
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 #: Earlier versions: what a reader tells the user who has such a file.
 _OLD_VERSIONS: Final = MappingProxyType(
     {
         1: "written by nncompress 0.1, whose coding computation this build does not replay",
         2: "written by nncompress 0.2, whose PixelCNN++ computation this build does not replay",
+        3: (
+            "written by nncompress 0.3 with float arithmetic, which only the machine and "
+            "torch version that wrote them replay: decode them there with nncompress 0.3 "
+            "(pip install 'nncompress==0.3'), then re-encode with this release"
+        ),
     }
 )
 
@@ -47,20 +52,23 @@ _FRAMING_BYTES: Final = _BODY_AT + _CRC.size + _PAYLOAD_LEN.size  # 26
 # --- Header body ----------------------------------------------------------------------------
 
 _DIGEST_BYTES: Final = 32  # sha256
-_GROUP_BYTES: Final = 16
 #: Fixed-size part of the body, in this order (offsets in FORMAT.md): model digest, width,
-#: height, mode, tile_h, tile_w, batch_slots, first_slot, total_slots, group, device, dtype,
-#: cpu_threads, pixel_crc32, then the length byte of the model name.
-_FIXED = struct.Struct(f"<{_DIGEST_BYTES}sIIBHHIII{_GROUP_BYTES}sBBHIB")  # 82 bytes
+#: height, mode, bit depth, tile_h, tile_w, chunk_tiles, pixel_crc32, payload_crc32, then
+#: the length byte of the model name.
+_FIXED = struct.Struct(f"<{_DIGEST_BYTES}sIIBBHHIIIB")  # 59 bytes
+#: Each chunk's stream in the payload: u32 byte length, then the stream.
+_STREAM_LEN = struct.Struct("<I")
 _STR_LEN = struct.Struct("<B")  # u8 length prefix of the strings
+#: What the pixel CRC covers before the pixel bytes: mode code, width, height, bit depth.
+_SHAPE = struct.Struct("<BIIB")
 
 MAX_MODEL_NAME_BYTES: Final = 255  # fits the u8 length prefix
-MAX_TORCH_VERSION_BYTES: Final = 64
+MAX_ENCODER_BYTES: Final = 64
 #: Smallest and largest possible header body (1-byte name, empty version / longest strings).
-MIN_HEADER_BODY_BYTES: Final = _FIXED.size + 1 + _STR_LEN.size  # 84
+MIN_HEADER_BODY_BYTES: Final = _FIXED.size + 1 + _STR_LEN.size  # 61
 MAX_HEADER_BODY_BYTES: Final = (
-    _FIXED.size + MAX_MODEL_NAME_BYTES + _STR_LEN.size + MAX_TORCH_VERSION_BYTES
-)  # 402
+    _FIXED.size + MAX_MODEL_NAME_BYTES + _STR_LEN.size + MAX_ENCODER_BYTES
+)  # 379
 
 # --- Caps -----------------------------------------------------------------------------------
 
@@ -68,24 +76,19 @@ MAX_HEADER_BODY_BYTES: Final = (
 MAX_PIXELS: Final = 2**28
 #: Largest tile side; tiles are coded sequentially, so bigger ones are impractical anyway.
 MAX_TILE: Final = 4096
-#: Largest batch the decoder must allocate: batch_slots * tile_h * tile_w pixel positions.
-MAX_BATCH_PIXELS: Final = 2**28
+#: Most pixel positions in one chunk (chunk_tiles * tile_h * tile_w): a chunk's tiles share
+#: one batch of the decoder, so this bounds what a file can make it allocate per batch.
+MAX_CHUNK_PIXELS: Final = 2**24
 #: Largest file. A floored 256-way PMF costs at most ~24 bits a subpixel, so a MAX_PIXELS
 #: RGB image stays below this; readers should refuse bigger inputs before reading them.
 MAX_FILE_BYTES: Final = 2**32
-#: Most CPU threads a file may ask the decoder to replay. The encoder records one thread
-#: (runtime.CODING_CPU_THREADS); a forged count must not reach torch.set_num_threads, where
-#: libgomp kills the process ("Thread creation failed") instead of raising.
-MAX_CPU_THREADS: Final = 256
-_U16_MAX: Final = 2**16 - 1
 _U32_MAX: Final = 2**32 - 1
 _PAYLOAD_WORD_BYTES: Final = 4  # the range coder writes 32-bit words
 
 # --- Enums (0 is never valid, so a zeroed header cannot pass) -------------------------------
 
 _MODE_CODES: Final = MappingProxyType({"L": 1, "LA": 2, "RGB": 3, "RGBA": 4})
-_DEVICE_CODES: Final = MappingProxyType({"cpu": 1, "cuda": 2})
-_DTYPE_CODES: Final = MappingProxyType({"float32": 1})
+_BIT_DEPTHS: Final = (8,)
 _CODED_CHANNELS: Final = MappingProxyType({"L": 1, "LA": 1, "RGB": 3, "RGBA": 3})
 
 
@@ -101,15 +104,11 @@ class Header:
     height: int  # >= 1; width * height <= MAX_PIXELS
     tile_h: int  # 1..MAX_TILE (may exceed the image; edge tiles are padded)
     tile_w: int  # 1..MAX_TILE
-    batch_slots: int  # tiles per batch in the encoder's schedule, >= 1
-    first_slot: int  # global slot of this image's first tile (tiles are consecutive slots)
-    total_slots: int  # slots over all batches of the encoder's run; multiple of batch_slots
-    group: bytes  # 16 bytes: identifies the images coded together in one schedule
-    device: str  # "cpu" | "cuda"
-    dtype: str  # "float32"
-    cpu_threads: int  # torch intra-op threads when device == "cpu" (>= 1); 0 for cuda
-    torch_version: str  # informational, utf-8, 0..64 bytes
-    pixel_crc32: int  # zlib.crc32 of the original pixels (Pillow tobytes() in mode)
+    chunk_tiles: int  # tiles per coder stream (consecutive, raster order of tiles), >= 1
+    pixel_crc32: int  # content_crc32: mode, width, height, bit depth and pixel bytes
+    payload_crc32: int  # zlib.crc32 of the payload
+    bit_depth: int = 8  # bits per sample (8 so far)
+    encoder: str = ""  # informational (release, device), utf-8, 0..64 bytes
 
     def __post_init__(self) -> None:
         problem = _header_problem(self)
@@ -133,6 +132,11 @@ class Header:
     def num_tiles(self) -> int:
         """ceil(height / tile_h) * ceil(width / tile_w)."""
         return self.tiles_y * self.tiles_x
+
+    @property
+    def num_chunks(self) -> int:
+        """Coder streams in the payload: ceil(num_tiles / chunk_tiles)."""
+        return -(-self.num_tiles // self.chunk_tiles)
 
 
 def _is_int(v: object) -> bool:
@@ -164,29 +168,19 @@ def _header_problem(h: Header) -> str | None:
     # A model name is a file stem, looked up by the decoder: never a path.
     if "/" in h.model_name or "\\" in h.model_name:
         return "model name contains a path separator"
-    for field, value, size in (
-        ("model digest", h.model_digest, _DIGEST_BYTES),
-        ("group", h.group, _GROUP_BYTES),
-    ):
-        if not isinstance(value, bytes) or len(value) != size:
-            return f"{field} must be {size} bytes"
-    for field, value, codes in (
-        ("mode", h.mode, _MODE_CODES),
-        ("device", h.device, _DEVICE_CODES),
-        ("dtype", h.dtype, _DTYPE_CODES),
-    ):
-        if value not in codes:
-            return f"unknown {field} {value!r} (expected one of {', '.join(codes)})"
+    if not isinstance(h.model_digest, bytes) or len(h.model_digest) != _DIGEST_BYTES:
+        return f"model digest must be {_DIGEST_BYTES} bytes"
+    if h.mode not in _MODE_CODES:
+        return f"unknown mode {h.mode!r} (expected one of {', '.join(_MODE_CODES)})"
     ints = {
         "width": h.width,
         "height": h.height,
+        "bit_depth": h.bit_depth,
         "tile_h": h.tile_h,
         "tile_w": h.tile_w,
-        "batch_slots": h.batch_slots,
-        "first_slot": h.first_slot,
-        "total_slots": h.total_slots,
-        "cpu_threads": h.cpu_threads,
+        "chunk_tiles": h.chunk_tiles,
         "pixel_crc32": h.pixel_crc32,
+        "payload_crc32": h.payload_crc32,
     }
     for field, value in ints.items():
         if not _is_int(value):
@@ -196,56 +190,46 @@ def _header_problem(h: Header) -> str | None:
         ("height", h.height, 1, _U32_MAX),
         ("tile_h", h.tile_h, 1, MAX_TILE),
         ("tile_w", h.tile_w, 1, MAX_TILE),
-        ("batch_slots", h.batch_slots, 1, _U32_MAX),
-        ("first_slot", h.first_slot, 0, _U32_MAX),
-        ("total_slots", h.total_slots, 1, _U32_MAX),
-        ("cpu_threads", h.cpu_threads, 0, _U16_MAX),
+        ("chunk_tiles", h.chunk_tiles, 1, _U32_MAX),
         ("pixel_crc32", h.pixel_crc32, 0, _U32_MAX),
+        ("payload_crc32", h.payload_crc32, 0, _U32_MAX),
     ):
         if not lo <= value <= hi:
             return f"{field} {value} out of range {lo}..{hi}"
+    if h.bit_depth not in _BIT_DEPTHS:
+        return f"bit depth {h.bit_depth} is not supported (only {_BIT_DEPTHS})"
     if h.width * h.height > MAX_PIXELS:
         return f"image {h.width}x{h.height} exceeds MAX_PIXELS ({MAX_PIXELS})"
-    batch_pixels = h.batch_slots * h.tile_h * h.tile_w
-    if batch_pixels > MAX_BATCH_PIXELS:
+    if h.chunk_tiles * h.tile_h * h.tile_w > MAX_CHUNK_PIXELS:
         return (
-            f"batch of {h.batch_slots} tiles of {h.tile_h}x{h.tile_w} exceeds "
-            f"MAX_BATCH_PIXELS ({MAX_BATCH_PIXELS})"
+            f"chunk of {h.chunk_tiles} tiles of {h.tile_h}x{h.tile_w} exceeds "
+            f"MAX_CHUNK_PIXELS ({MAX_CHUNK_PIXELS})"
         )
-    if h.total_slots % h.batch_slots:
-        return f"total_slots {h.total_slots} is not a multiple of batch_slots {h.batch_slots}"
-    if h.first_slot + h.num_tiles > h.total_slots:
-        return (
-            f"tiles do not fit the schedule: first_slot {h.first_slot} + "
-            f"{h.num_tiles} tiles > total_slots {h.total_slots}"
-        )
-    if h.device == "cuda" and h.cpu_threads != 0:
-        return f"cpu_threads must be 0 for device cuda, not {h.cpu_threads}"
-    if h.device == "cpu" and h.cpu_threads == 0:
-        return "cpu_threads must be >= 1 for device cpu"
-    if h.cpu_threads > MAX_CPU_THREADS:
-        return f"cpu_threads {h.cpu_threads} exceeds MAX_CPU_THREADS ({MAX_CPU_THREADS})"
-    return _text_problem("torch version", h.torch_version, 0, MAX_TORCH_VERSION_BYTES)
+    return _text_problem("encoder", h.encoder, 0, MAX_ENCODER_BYTES)
+
+
+def content_crc32(mode: str, width: int, height: int, bit_depth: int, pixels: bytes) -> int:
+    """The pixel check: CRC-32 of mode code, width, height, bit depth (u8, u32, u32, u8) and
+    the pixel bytes (Pillow tobytes() in ``mode``), so a header whose shape or mode was
+    changed cannot decode to a silently different image."""
+    head = _SHAPE.pack(_MODE_CODES[mode], width, height, bit_depth)
+    return zlib.crc32(pixels, zlib.crc32(head))
 
 
 def _encode_body(h: Header) -> bytes:
     name = h.model_name.encode("utf-8")
-    version = h.torch_version.encode("utf-8")
+    version = h.encoder.encode("utf-8")
     fixed = _FIXED.pack(
         h.model_digest,
         h.width,
         h.height,
         _MODE_CODES[h.mode],
+        h.bit_depth,
         h.tile_h,
         h.tile_w,
-        h.batch_slots,
-        h.first_slot,
-        h.total_slots,
-        h.group,
-        _DEVICE_CODES[h.device],
-        _DTYPE_CODES[h.dtype],
-        h.cpu_threads,
+        h.chunk_tiles,
         h.pixel_crc32,
+        h.payload_crc32,
         len(name),
     )
     return fixed + name + _STR_LEN.pack(len(version)) + version
@@ -259,8 +243,6 @@ def pack(header: Header, payload: bytes) -> bytes:
     problem = _header_problem(header)  # again: a frozen dataclass can still be forced
     if problem is not None:
         raise ValueError(problem)
-    if len(payload) % _PAYLOAD_WORD_BYTES:
-        raise ValueError(f"payload length {len(payload)} is not a multiple of 4")
     body = _encode_body(header)
     total = _FRAMING_BYTES + len(body) + len(payload)
     if total > MAX_FILE_BYTES:
@@ -340,16 +322,12 @@ def _parse_header(view: memoryview) -> tuple[Header, int]:
         width,
         height,
         mode,
+        bit_depth,
         tile_h,
         tile_w,
-        batch_slots,
-        first_slot,
-        total_slots,
-        group,
-        device,
-        dtype,
-        cpu_threads,
+        chunk_tiles,
         pixel_crc32,
+        payload_crc32,
         name_len,
     ) = _FIXED.unpack_from(body, 0)
     name_at = _FIXED.size
@@ -369,15 +347,11 @@ def _parse_header(view: memoryview) -> tuple[Header, int]:
         height=height,
         tile_h=tile_h,
         tile_w=tile_w,
-        batch_slots=batch_slots,
-        first_slot=first_slot,
-        total_slots=total_slots,
-        group=group,
-        device=_decode_enum(device, _DEVICE_CODES, "device"),
-        dtype=_decode_enum(dtype, _DTYPE_CODES, "dtype"),
-        cpu_threads=cpu_threads,
-        torch_version=_decode_text(body[end - version_len : end], "torch version"),
+        chunk_tiles=chunk_tiles,
         pixel_crc32=pixel_crc32,
+        payload_crc32=payload_crc32,
+        bit_depth=bit_depth,
+        encoder=_decode_text(body[end - version_len : end], "encoder"),
     )
     try:
         header = Header(**fields)
@@ -404,13 +378,42 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     (payload_len,) = _PAYLOAD_LEN.unpack_from(view, payload_len_at)
     if payload_len > MAX_FILE_BYTES:
         raise FormatError(f"payload length {payload_len} exceeds MAX_FILE_BYTES")
-    if payload_len % _PAYLOAD_WORD_BYTES:
-        raise FormatError(f"payload length {payload_len} is not a multiple of 4")
     end = payload_at + payload_len
     _need(view, end, "payload")
     if len(view) > end:
         raise FormatError(f"{len(view) - end} trailing bytes after the payload")
-    return header, bytes(view[payload_at:end])
+    payload = bytes(view[payload_at:end])
+    crc = zlib.crc32(payload)
+    if crc != header.payload_crc32:
+        raise FormatError(
+            f"payload checksum mismatch (stored {header.payload_crc32:08x}, computed "
+            f"{crc:08x}): the file is damaged"
+        )
+    return header, payload
+
+
+def join_streams(streams: list[bytes]) -> bytes:
+    """The payload of a file whose chunks' coder streams are ``streams`` (bytes each)."""
+    return b"".join(_STREAM_LEN.pack(len(s)) + s for s in streams)
+
+
+def split_streams(header: Header, payload: bytes) -> list[bytes]:
+    """The chunks' coder streams of a payload: exactly header.num_chunks length-prefixed
+    streams of whole 32-bit words filling it. FormatError otherwise."""
+    view = memoryview(payload)
+    out, at = [], 0
+    for k in range(header.num_chunks):
+        if at + _STREAM_LEN.size > len(view):
+            raise FormatError(f"payload ends before stream {k} of {header.num_chunks}")
+        (n,) = _STREAM_LEN.unpack_from(view, at)
+        at += _STREAM_LEN.size
+        if n % _PAYLOAD_WORD_BYTES or at + n > len(view):
+            raise FormatError(f"bad length {n} of stream {k} (payload damaged)")
+        out.append(bytes(view[at : at + n]))
+        at += n
+    if at != len(view):
+        raise FormatError(f"{len(view) - at} bytes after the last stream of the payload")
+    return out
 
 
 def header_bytes(header: Header) -> int:
@@ -420,15 +423,13 @@ def header_bytes(header: Header) -> int:
         + MIN_HEADER_BODY_BYTES
         - 1  # MIN counts a 1-byte name
         + len(header.model_name.encode("utf-8"))
-        + len(header.torch_version.encode("utf-8"))
+        + len(header.encoder.encode("utf-8"))
     )
 
 
 def describe(header: Header, payload_len: int | None = None) -> dict[str, object]:
     """Human-readable fields for ``nncompress info``, in display order. With
     ``payload_len``, also the file size and the bits it costs per coded subpixel."""
-    first_batch = header.first_slot // header.batch_slots
-    last_batch = (header.first_slot + header.num_tiles - 1) // header.batch_slots
     out: dict[str, object] = {
         "format_version": FORMAT_VERSION,
         "model_name": header.model_name,
@@ -439,17 +440,12 @@ def describe(header: Header, payload_len: int | None = None) -> dict[str, object
         "channels_coded": header.channels_coded,
         "tile": f"{header.tile_h}x{header.tile_w}",
         "num_tiles": header.num_tiles,
-        "batch_slots": header.batch_slots,
-        "first_slot": header.first_slot,
-        "total_slots": header.total_slots,
-        "batches": header.total_slots // header.batch_slots,
-        "batches_used": f"{first_batch}..{last_batch}",  # this image's tiles lie in these
-        "group": header.group.hex(),
-        "device": header.device,
-        "dtype": header.dtype,
-        "cpu_threads": header.cpu_threads,
-        "torch_version": header.torch_version,
+        "chunk_tiles": header.chunk_tiles,
+        "streams": header.num_chunks,
+        "bit_depth": header.bit_depth,
+        "encoder": header.encoder,
         "pixel_crc32": f"{header.pixel_crc32:08x}",
+        "payload_crc32": f"{header.payload_crc32:08x}",
     }
     if payload_len is not None:
         file_bytes = header_bytes(header) + payload_len
@@ -464,18 +460,21 @@ def describe(header: Header, payload_len: int | None = None) -> dict[str, object
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
-    "MAX_BATCH_PIXELS",
+    "MAX_CHUNK_PIXELS",
     "MAX_FILE_BYTES",
     "MAX_HEADER_BODY_BYTES",
     "MAX_MODEL_NAME_BYTES",
     "MAX_PIXELS",
     "MAX_TILE",
-    "MAX_TORCH_VERSION_BYTES",
+    "MAX_ENCODER_BYTES",
     "MIN_HEADER_BODY_BYTES",
     "Header",
+    "content_crc32",
     "describe",
     "header_bytes",
+    "join_streams",
     "pack",
     "read_header",
+    "split_streams",
     "unpack",
 ]

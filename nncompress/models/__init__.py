@@ -10,8 +10,10 @@ from .base import LikelihoodModel, NaiveStepper, Stepper, bits_per_subpixel
 # family name -> "module:Class" (relative to this package)
 FAMILIES: dict[str, str] = {
     "histogram": ".histogram:HistogramModel",
+    "histogram-int": "..quant.histogram:IntHistogram",
     "made": ".made:MADE",
     "pixelcnnpp": ".pixelcnnpp:PixelCNNpp",
+    "pixelcnnpp-int": "..quant.pixelcnnpp:IntPixelCNNpp",
 }
 
 

@@ -1062,7 +1062,8 @@ class PixelCNNppStepper(Stepper):
             ix = self.lv_ix[lv]
             above = self.levels[lv + 1].ul_out_raw.index_select(1, ix.up)
             sw = self.w_deconv_ul[lv]
-            ul = self.model.deconv_ul[lv].step_pixel(sw, above.view(self.batch, self.filters), ix.tap)
+            above = above.view(self.batch, self.filters)
+            ul = self.model.deconv_ul[lv].step_pixel(sw, above, ix.tap)
             ul = self._ul_down(lv, self.ar.fin(ul, sw.post), par[lv])
         for lv in range(n):
             cache = self.levels[lv]

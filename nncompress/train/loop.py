@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import ModelFileError, NncError
 from ..modelfile import load_model_file, save_model
 from ..models import LikelihoodModel, build_model
+from ..quant.convert import INTEGER_FAMILIES, integer_path, write_integer_model
 from .data import (
     LN2,
     CropSampler,
@@ -875,6 +876,10 @@ class _Run:
                 f"val {_fmt(val_bpd)} bits/subpixel after {self.step} steps, "
                 f"{clock / 60:.1f} min"
             )
+            if exported.family in INTEGER_FAMILIES:
+                int_out = integer_path(out)
+                write_integer_model(out, int_out)
+                self.say(f"wrote {int_out} (its integer model: the one that codes files)")
         if val_bpd is not None:
             self._record({"step": self.step, "elapsed_s": round(clock, 3), "val_bpd": val_bpd})
         result = TrainResult(

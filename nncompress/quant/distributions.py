@@ -1,0 +1,236 @@
+"""Integer coding tables: the discretized logistic mixture and the 256-way softmax in fixed
+point (FORMAT.md, "The integer arithmetic").
+
+A table is (N, 256) int64 ``g`` with every g_j >= 0 and sum_j g_j = FREQ_TOTAL - 256; the
+coder's frequency of symbol j is g_j + 1 (so every symbol has one, and they sum to
+FREQ_TOTAL = 2^24). All arithmetic here is int64 (exact on every device); the
+transcendental functions are the model file's tables, indexed with a clamped argument.
+
+Parameter formats (fractional bits), as the integer models' output layers produce them:
+  - mixture logits and categorical logits: LOGIT_FRAC;
+  - means in pixel units (v - 127.5): MEAN_FRAC; clamped to +-MEAN_MAX after coupling;
+  - log-scales in pixel units (ln(127.5) + the float model's log-scale): LOG_SCALE_FRAC,
+    clamped to [LOG_SCALE_LO, LOG_SCALE_HI]; the inverse scale is INV[log-scale] with
+    INV_FRAC bits;
+  - raw coupling coefficients: COEF_IN_FRAC bits, tanh'd by TANH (COEF_FRAC bits).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..distributions.base import NUM_SYMBOLS, Distribution
+from .fixed import SIG_FRAC, SIG_MAX
+
+FREQ_BITS = 24
+FREQ_TOTAL = 2**FREQ_BITS
+#: What the g_j sum to: every symbol's implicit +1 takes the rest of FREQ_TOTAL.
+G_TOTAL = FREQ_TOTAL - NUM_SYMBOLS
+
+LOGIT_FRAC = 10
+MEAN_FRAC = 8
+MEAN_MAX = 512 * 2**MEAN_FRAC
+LOG_SCALE_FRAC = 10
+#: The float model's log-scale floor (-7 on the [-1, 1] scale) in pixel units.
+LOG_SCALE_LO = round((-7.0 + math.log(127.5)) * 2**LOG_SCALE_FRAC)
+LOG_SCALE_HI = 8 * 2**LOG_SCALE_FRAC
+INV_FRAC = 24
+COEF_IN_FRAC = 12
+COEF_MAX = 6 * 2**COEF_IN_FRAC
+COEF_FRAC = 15
+#: The logistic's argument at the bin edges: ACT_FRAC-like 12 bits (the sigmoid table's).
+Z_FRAC = 12
+_Z_SHIFT = MEAN_FRAC + INV_FRAC - Z_FRAC
+#: Posterior log-weights: LOGIT_FRAC bits; EXP covers differences 0..EXP_MAX.
+EXP_MAX = 16 * 2**LOGIT_FRAC
+EXP_FRAC = 16
+#: ln of a component's bin mass b / 2^SIG_FRAC, b in 0..2^SIG_FRAC (b = 0 as if 1/2).
+LOG_TABLE_SIZE = 2**SIG_FRAC + 1
+
+
+def _rint(v: np.ndarray) -> np.ndarray:
+    return np.rint(v).astype(np.int64)
+
+
+def build_tables() -> dict[str, np.ndarray]:
+    """The mixture's and the softmax's tables (stored in integer model files), int32."""
+    ls = np.arange(LOG_SCALE_LO, LOG_SCALE_HI + 1, dtype=np.float64) / 2**LOG_SCALE_FRAC
+    coef = np.arange(-COEF_MAX, COEF_MAX + 1, dtype=np.float64) / 2**COEF_IN_FRAC
+    d = np.arange(0, EXP_MAX + 1, dtype=np.float64) / 2**LOGIT_FRAC
+    b = np.maximum(np.arange(LOG_TABLE_SIZE, dtype=np.float64), 0.5) / 2**SIG_FRAC
+    out = {
+        "inv_scale": _rint(np.exp(-ls) * 2**INV_FRAC),
+        "tanh": _rint(np.tanh(coef) * 2**COEF_FRAC),
+        "exp": _rint(np.exp(-d) * 2**EXP_FRAC),
+        "log": _rint(np.log(b) * 2**LOGIT_FRAC),
+    }
+    return {k: v.astype(np.int32) for k, v in out.items()}
+
+
+def _take(table: torch.Tensor, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    return table.take(x.clamp(lo, hi) - lo)
+
+
+def _round_shift(v: torch.Tensor, k: int) -> torch.Tensor:
+    """floor((v + 2^(k-1)) / 2^k): round half up, int64."""
+    return (v + (1 << (k - 1))) >> k
+
+
+def frequencies(weights: torch.Tensor, pmfs: torch.Tensor | None = None) -> torch.Tensor:
+    """weights (N, M) int64 >= 0 with a positive sum per row; pmfs (N, M, 256) int64 with
+    rows summing to 2^SIG_FRAC, or None for the softmax (weights are the table itself).
+    Returns g (N, 256): floor(mix_j * G_TOTAL / sum mix), the remainder added to the first
+    largest mix_j."""
+    if pmfs is None:
+        mix = weights
+        total = weights.sum(1, keepdim=True)
+    else:
+        mix = (weights.unsqueeze(2) * pmfs).sum(1)
+        total = weights.sum(1, keepdim=True) << SIG_FRAC
+    g = torch.div(mix * G_TOTAL, total, rounding_mode="floor")
+    rem = G_TOTAL - g.sum(1, keepdim=True)
+    # Not scatter_add_: CUDA's deterministic mode has no plain kernel for it.
+    first_max = mix.argmax(1, keepdim=True)
+    symbols = torch.arange(mix.shape[1], device=mix.device)
+    return g + (symbols == first_max) * rem
+
+
+class _Tables:
+    """The model's tables on one device (int64)."""
+
+    def __init__(self, tables: dict[str, torch.Tensor]) -> None:
+        self.t = {k: v.long() for k, v in tables.items()}
+
+    def softmax_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, K) int64 logits -> EXP[max - logit] (N, K), the max getting 2^EXP_FRAC."""
+        d = logits.amax(1, keepdim=True) - logits
+        return _take(self.t["exp"], d, 0, EXP_MAX)
+
+
+class IntegerCategorical(Distribution):
+    """256-way softmax per channel from integer logits (LOGIT_FRAC bits), laid out
+    channel-major as distributions.Categorical; channels independent."""
+
+    integer_tables = True
+
+    def __init__(self, channels: int, tables: dict[str, torch.Tensor]) -> None:
+        self.channels = channels
+        self.num_params = channels * NUM_SYMBOLS
+        self._t = _Tables(tables)
+
+    def channel_table(self, params: torch.Tensor, c: int) -> torch.Tensor:
+        logits = params[:, c * NUM_SYMBOLS : (c + 1) * NUM_SYMBOLS].long()
+        return frequencies(self._t.softmax_weights(logits))
+
+    def coding_pmf(self, params, c, prev, state):  # noqa: D102 (see Distribution)
+        return self.channel_table(params, c)
+
+    def channel_pmf(self, params: torch.Tensor, c: int, prev: torch.Tensor) -> torch.Tensor:
+        return table_probs(self.channel_table(params, c))
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _table_log_prob(self, params, x)
+
+
+class IntegerLogisticMixture(Distribution):
+    """The discretized logistic mixture of distributions.logistic in fixed point: the same
+    parameter layout and the same channel factorisation p(r) p(g | r) p(b | r, g) with
+    posterior mixture weights, evaluated at the 255 inner bin edges j - 128 (pixel units)."""
+
+    integer_tables = True
+
+    def __init__(self, channels: int, nr_mix: int, tables: dict[str, torch.Tensor]) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"logistic mixture supports 1 or 3 channels, not {channels}")
+        self.channels, self.nr_mix = channels, nr_mix
+        self._block = 3 if channels == 3 else 2
+        self.num_params = nr_mix * (1 + self._block * channels)
+        self._t = _Tables(tables)
+
+    def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        edges = (torch.arange(1, NUM_SYMBOLS, device=device) - 128) << MEAN_FRAC
+        return {"edges": edges}
+
+    def _components(self, mean: torch.Tensor, log_scale: torch.Tensor, edges: torch.Tensor):
+        """mean, log_scale (N, M) int64 -> (N, M, 256) int64 bin masses summing to
+        2^SIG_FRAC: differences of SIG at the edges, 0 below the first, 2^SIG_FRAC above."""
+        inv = _take(self._t.t["inv_scale"], log_scale, LOG_SCALE_LO, LOG_SCALE_HI)
+        z = _round_shift((edges - mean.unsqueeze(2)) * inv.unsqueeze(2), _Z_SHIFT)
+        cdf = _take(self._t.t["sigmoid"], z, -SIG_MAX, SIG_MAX)  # (N, M, 255)
+        lo = torch.zeros_like(cdf[..., :1])
+        full = torch.cat([lo, cdf, lo + (1 << SIG_FRAC)], 2)
+        return full[..., 1:] - full[..., :-1]
+
+    def coding_pmf(
+        self, params: torch.Tensor, c: int, prev: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """params (N, P) integer-valued; prev (N, C) int64 (columns < c decoded) -> g
+        (N, 256) int64 for channel c. ``state`` carries the pixel's unpacked parameters,
+        posterior log-weights and the last channel's component masses."""
+        m = self.nr_mix
+        if c == 0:
+            p = params.long()
+            n = p.shape[0]
+            blocks = p[:, m:].reshape(n, self.channels, self._block, m)
+            state["lw"] = p[:, :m]
+            state["means"] = blocks[:, :, 0]
+            state["log_scales"] = blocks[:, :, 1]
+            if self.channels == 3:
+                state["coefs"] = _take(self._t.t["tanh"], blocks[:, :, 2], -COEF_MAX, COEF_MAX)
+            mean = state["means"][:, 0]
+        else:
+            x = prev[:, c - 1 : c]  # (N, 1)
+            comp = state["components"]
+            b = comp.gather(2, x.unsqueeze(1).expand(-1, m, 1)).squeeze(2)
+            state["lw"] = state["lw"] + self._t.t["log"].take(b)
+            coefs = state["coefs"]
+            # Coupling in pixel units: mean + coef * (x - 127.5) = mean + coef (2x - 255) / 2.
+            s0 = 2 * prev[:, 0:1] - 255
+            if c == 1:
+                acc = coefs[:, 0] * s0
+            else:
+                acc = coefs[:, 1] * s0 + coefs[:, 2] * (2 * prev[:, 1:2] - 255)
+            mean = state["means"][:, c] + _round_shift(acc, COEF_FRAC + 1 - MEAN_FRAC)
+        mean = mean.clamp(-MEAN_MAX, MEAN_MAX)
+        comp = self._components(mean, state["log_scales"][:, c], state["edges"])
+        state["components"] = comp
+        return frequencies(self._t.softmax_weights(state["lw"]), comp)
+
+    def channel_pmf(self, params: torch.Tensor, c: int, prev: torch.Tensor) -> torch.Tensor:
+        state = self.coding_state(params.device)
+        full = torch.zeros(len(params), self.channels, dtype=torch.int64, device=params.device)
+        full[:, :c] = prev
+        for k in range(c):
+            self.coding_pmf(params, k, full, state)
+        return table_probs(self.coding_pmf(params, c, full, state))
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _table_log_prob(self, params, x)
+
+
+def table_probs(g: torch.Tensor) -> torch.Tensor:
+    """The coder's probabilities (g + 1) / FREQ_TOTAL, float64."""
+    return (g + 1).double() / FREQ_TOTAL
+
+
+#: Pixels per chunk when a whole image's tables are built at once (scoring): 256 KB each.
+_CHUNK = 4096
+
+
+def _table_log_prob(dist: Distribution, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """params (B, P, H, W), x (B, C, H, W) -> (B, C, H, W) float64 nats: ln of the coder's
+    probability of each true value, the tables built exactly as the coder builds them."""
+    b, p, h, w = params.shape
+    flat_p = params.permute(0, 2, 3, 1).reshape(-1, p)
+    flat_x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).long()
+    out = torch.empty(flat_x.shape, dtype=torch.float64, device=params.device)
+    for s in range(0, len(flat_p), _CHUNK):
+        pc, xc = flat_p[s : s + _CHUNK], flat_x[s : s + _CHUNK]
+        state = dist.coding_state(params.device)
+        for c in range(dist.channels):
+            g = dist.coding_pmf(pc, c, xc, state)
+            out[s : s + _CHUNK, c] = torch.log(table_probs(g.gather(1, xc[:, c : c + 1]))[:, 0])
+    return out.view(b, h, w, -1).permute(0, 3, 1, 2)

@@ -1,0 +1,101 @@
+"""Fixed-point arithmetic of the integer coding path (FORMAT.md, "The integer arithmetic").
+
+Every number that shapes a coding table is an integer. Network values are held as
+integer-valued float64 tensors: a float64 sum of integers is exact in any order, on any
+BLAS, thread count or device, while every partial sum stays below 2^53 (the exporter checks
+the bound per layer), so matrix products and convolutions need no integer kernels.
+Elementwise steps use only exact float64 operations (products of integers below 2^53,
+multiplication by powers of two, round-half-to-even, comparisons) and lookups in tables
+that the model file carries. The mixture's arithmetic runs in int64.
+
+Formats (a value v with F fractional bits stands for v / 2^F):
+  - activations: ACT_FRAC = 12 fractional bits, clamped to [-ACT_MAX, ACT_MAX];
+  - requantization of an accumulator ``acc`` whose layer has shift k (per output channel):
+    ``clamp(round_half_even(acc / 2^k), -ACT_MAX, ACT_MAX)``;
+  - elu: a table over [ELU_MIN, 0] (below: its first entry), identity above 0;
+  - sigmoid: a table over [-SIG_MAX, SIG_MAX] at ACT_FRAC bits (clamped index), values with
+    SIG_FRAC fractional bits; the gate is ``clamp(x + round_half_even(a * SIG[b] / 2^16))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ACT_FRAC = 12
+ACT_MAX = 2**23 - 1
+ELU_MIN = -16 * 2**ACT_FRAC
+SIG_MAX = 12 * 2**ACT_FRAC
+SIG_FRAC = 16
+#: Weights are integers of at most this many bits (sign included).
+WEIGHT_BITS = 16
+#: The largest magnitude of an exact float64 integer sum.
+EXACT_LIMIT = 2**53
+
+
+def elu_table() -> np.ndarray:
+    """(1 - ELU_MIN,) int32: entry i is elu((i + ELU_MIN) / 2^12) * 2^12, rounded."""
+    v = np.arange(ELU_MIN, 1, dtype=np.float64) / 2**ACT_FRAC
+    return np.rint(np.expm1(v) * 2**ACT_FRAC).astype(np.int32)
+
+
+def sigmoid_table() -> np.ndarray:
+    """(2 SIG_MAX + 1,) int32: entry i is sigmoid((i - SIG_MAX) / 2^12) * 2^16, rounded."""
+    v = np.arange(-SIG_MAX, SIG_MAX + 1, dtype=np.float64) / 2**ACT_FRAC
+    return np.rint(2**SIG_FRAC / (1.0 + np.exp(-v))).astype(np.int32)
+
+
+def requant_(acc: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """In place: acc (..., C) or broadcastable against ``post`` = 2^-k per channel ->
+    the requantized activation (see the module docstring)."""
+    return acc.mul_(post).round_().clamp_(-ACT_MAX, ACT_MAX)
+
+
+def table_lookup(table: torch.Tensor, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """table[clamp(x, lo, hi) - lo] for integer-valued x (any float or int dtype)."""
+    idx = x.clamp(lo, hi).sub_(lo).long() if x.is_floating_point() else (x.clamp(lo, hi) - lo)
+    return table.take(idx)
+
+
+class IntegerArithmetic:
+    """The stepper's elementwise operations on the integer path (see PixelCNNppStepper),
+    over integer-valued float64 tensors. ``elu`` and ``sigmoid``: the model's tables as
+    float64 tensors on the coding device."""
+
+    dtype = torch.float64
+    integer = True
+    #: The constant input channel: pixels enter as 2 v - 255, so 1.0 is 255.
+    one = 255.0
+
+    def __init__(self, elu: torch.Tensor, sigmoid: torch.Tensor) -> None:
+        self.elu_t = elu
+        self.sig_t = sigmoid
+
+    @staticmethod
+    def pixels(v: torch.Tensor) -> torch.Tensor:
+        """Pixel values in [0, 255] -> 2 v - 255 (the network input, in units of 1/255)."""
+        return v.to(torch.float64).mul_(2.0).sub_(255.0)
+
+    @staticmethod
+    def fin(acc: torch.Tensor, post: torch.Tensor | None) -> torch.Tensor:
+        """Requantize a complete accumulation in place (post: 2^-k per output channel)."""
+        return requant_(acc, post)
+
+    def elu(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        y = table_lookup(self.elu_t, x, ELU_MIN, 0).add_(x.clamp(min=0))
+        if out is None:
+            return y
+        return out.copy_(y)
+
+    def concat_elu(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        return self.elu(torch.cat([x, -x], dim))
+
+    def gate(
+        self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """clamp(x + round(a * SIG[b] / 2^16))."""
+        s = table_lookup(self.sig_t, b, -SIG_MAX, SIG_MAX)
+        y = s.mul_(a).mul_(2.0**-SIG_FRAC).round_().add_(x).clamp_(-ACT_MAX, ACT_MAX)
+        if out is None:
+            return y
+        return out.copy_(y)

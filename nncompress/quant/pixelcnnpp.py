@@ -1,0 +1,427 @@
+"""The integer PixelCNN++ (family ``pixelcnnpp-int``): the float network's structure with
+integer weights, fixed-point activations and the model file's tables (quant.fixed,
+quant.distributions). It runs through the same cached stepper as the float model
+(models.pixelcnnpp.PixelCNNppStepper, with quant.fixed.IntegerArithmetic), and its parallel
+pass computes exactly the same integers, so scores, encoder and decoder agree bit for bit on
+every device.
+
+Every layer holds ``w`` (int16 weights), ``b`` (int64 bias at the accumulator's scale) and
+``shift`` (per output channel k: the accumulator is requantized by 2^-k). ``from_float``
+converts a trained float model (post-training quantization, FORMAT.md "The integer
+arithmetic" gives the formats).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnsupportedImageError
+from ..models.base import LikelihoodModel
+from ..models.pixelcnnpp import (
+    NUM_LEVELS,
+    ConvStep,
+    DeconvStep,
+    GatedResnet,
+    GatedStep,
+    LinearStep,
+    Nin,
+    PixelCNNpp,
+    PixelCNNppStepper,
+    ShiftedConv2d,
+    ShiftedDeconv2d,
+    _down_shift,
+    _right_shift,
+)
+from . import distributions as qd
+from .fixed import (
+    ACT_FRAC,
+    ACT_MAX,
+    ELU_MIN,
+    EXACT_LIMIT,
+    SIG_MAX,
+    WEIGHT_BITS,
+    IntegerArithmetic,
+    elu_table,
+    sigmoid_table,
+)
+
+#: The fixed-point specification a model file's integers follow (FORMAT.md).
+ARITHMETIC = "int-v1"
+_W_MAX = 2 ** (WEIGHT_BITS - 1) - 1
+#: Most fractional bits a weight gets (all-zero channels, tiny weights).
+_MAX_WEIGHT_EXP = 40
+#: The mixture's weight sums stay in int64 (quant.distributions.frequencies).
+MAX_MIX = 64
+_TABLES = ("elu", "sigmoid", "inv_scale", "tanh", "exp", "log")
+
+
+@dataclass(frozen=True)
+class IntPixelCNNppConfig:
+    channels: int = 3
+    nr_resnet: int = 5
+    nr_filters: int = 160
+    nr_logistic_mix: int = 10
+    arithmetic: str = ARITHMETIC
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"PixelCNN++ supports 1 or 3 channels, not {self.channels}")
+        if self.nr_resnet < 0 or self.nr_filters < 1 or not 1 <= self.nr_logistic_mix <= MAX_MIX:
+            raise ValueError(f"invalid PixelCNN++ sizes: {self}")
+        if self.arithmetic != ARITHMETIC:
+            raise ValueError(
+                f"arithmetic {self.arithmetic!r} is not {ARITHMETIC!r} (a newer release's model?)"
+            )
+
+
+def table_sizes() -> dict[str, int]:
+    """Entries of each table a model file carries (their domains: quant.fixed and
+    quant.distributions)."""
+    return {
+        "elu": 1 - ELU_MIN,
+        "sigmoid": 2 * SIG_MAX + 1,
+        "inv_scale": qd.LOG_SCALE_HI - qd.LOG_SCALE_LO + 1,
+        "tanh": 2 * qd.COEF_MAX + 1,
+        "exp": qd.EXP_MAX + 1,
+        "log": qd.LOG_TABLE_SIZE,
+    }
+
+
+def _posts(shift: torch.Tensor) -> torch.Tensor:
+    """2^-shift per channel, float64 (exact: math.ldexp), on shift's device."""
+    vals = [math.ldexp(1.0, -int(k)) for k in shift.tolist()]
+    return torch.tensor(vals, dtype=torch.float64, device=shift.device)
+
+
+class _IntLayer:
+    """The integer buffers every layer has (see the module docstring)."""
+
+    def _init_int(self, w_shape: tuple[int, ...], cout: int) -> None:
+        self.register_buffer("w", torch.zeros(w_shape, dtype=torch.int16))
+        self.register_buffer("b", torch.zeros(cout, dtype=torch.int64))
+        self.register_buffer("shift", torch.zeros(cout, dtype=torch.int32))
+
+    def post(self) -> torch.Tensor:
+        return _posts(self.shift)
+
+    def weight(self) -> torch.Tensor:
+        return self.w.double()
+
+    def bias(self) -> torch.Tensor:
+        return self.b.double()
+
+
+class IntConv(_IntLayer, ShiftedConv2d):
+    def __init__(
+        self, cin: int, cout: int, kernel: tuple[int, int], *, right: bool = False, stride: int = 1
+    ) -> None:
+        nn.Module.__init__(self)
+        self.kernel, self.right, self.stride = kernel, right, stride
+        self._init_int((cout, cin, *kernel), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The accumulator (not requantized)."""
+        top, left, right = self.padding
+        return F.conv2d(F.pad(x, (left, right, top, 0)), self.weight(), self.bias(), self.stride)
+
+    def step_weights(self) -> ConvStep:
+        return ConvStep.of(self.weight(), self.bias(), self.stride, self.post())
+
+
+class IntDeconv(_IntLayer, ShiftedDeconv2d):
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], *, right: bool) -> None:
+        nn.Module.__init__(self)
+        self.kernel, self.right = kernel, right
+        self._init_int((cin, cout, *kernel), cout)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        y = F.conv_transpose2d(x, self.weight(), self.bias(), stride=2)
+        off = self.col_offset
+        return y[:, :, : size[0], off : off + size[1]]
+
+    def step_weights(self) -> DeconvStep:
+        return DeconvStep.of(self.weight(), self.bias(), self.post())
+
+
+class IntNin(_IntLayer, Nin):
+    def __init__(self, cin: int, cout: int) -> None:
+        nn.Module.__init__(self)
+        self._init_int((cout, cin), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight()[:, :, None, None], self.bias())
+
+    def step_weights(self) -> LinearStep:
+        return LinearStep(self.weight().t().contiguous(), self.bias(), self.post())
+
+
+class IntGated(GatedResnet):
+    """x + a * sigmoid(b) in fixed point; conv_a and the nin share conv_a's shift."""
+
+    def __init__(self, filters: int, kernel: tuple[int, int], *, right: bool, n_aux: int) -> None:
+        nn.Module.__init__(self)
+        self.n_aux = n_aux
+        self.conv_a = IntConv(2 * filters, filters, kernel, right=right)
+        self.nin = IntNin(2 * filters * n_aux, filters) if n_aux else None
+        self.conv_b = IntConv(2 * filters, 2 * filters, kernel, right=right)
+
+    def run(self, ar: IntegerArithmetic, x: torch.Tensor, aux: tuple[torch.Tensor, ...]):
+        """x: (B, F, H, W) activations; aux: ``n_aux`` such tensors -> (B, F, H, W)."""
+        h = self.conv_a(ar.concat_elu(x))
+        if self.nin is not None:
+            h = h + self.nin(torch.cat([ar.concat_elu(a) for a in aux], dim=1))
+        h = ar.concat_elu(ar.fin(h, _nchw(self.conv_a.post())))
+        a, b = ar.fin(self.conv_b(h), _nchw(self.conv_b.post())).chunk(2, dim=1)
+        return ar.gate(x, a, b)
+
+    def step_weights(self) -> GatedStep:
+        nin = self.nin.step_weights() if self.nin is not None else None
+        a = self.conv_a
+        return GatedStep.of(
+            a.weight(), a.bias(), nin, self.n_aux, self.conv_b.step_weights(), a.post()
+        )
+
+
+def _nchw(post: torch.Tensor) -> torch.Tensor:
+    return post.view(1, -1, 1, 1)
+
+
+class IntPixelCNNpp(LikelihoodModel):
+    """PixelCNN++ on the integer path. Input: (B, C, H, W) uint8; ``params`` gives (B, P,
+    H, W) integer-valued float64 in the formats of quant.distributions."""
+
+    family = "pixelcnnpp-int"
+    Config = IntPixelCNNppConfig
+
+    def __init__(self, config: IntPixelCNNppConfig) -> None:
+        super().__init__(config)
+        c, f, r = config.channels, config.nr_filters, config.nr_resnet
+        self._mix_params = qd.IntegerLogisticMixture(c, config.nr_logistic_mix, {}).num_params
+        cin = c + 1
+        self.u_init = IntConv(cin, f, (2, 3))
+        self.ul_init_top = IntConv(cin, f, (1, 3))
+        self.ul_init_left = IntConv(cin, f, (2, 1), right=True)
+
+        def blocks(n: int, right: bool, n_aux: int) -> nn.ModuleList:
+            kernel = (2, 2) if right else (2, 3)
+            return nn.ModuleList(IntGated(f, kernel, right=right, n_aux=n_aux) for _ in range(n))
+
+        self.up_u = nn.ModuleList(blocks(r, False, 0) for _ in range(NUM_LEVELS))
+        self.up_ul = nn.ModuleList(blocks(r, True, 1) for _ in range(NUM_LEVELS))
+        self.down_u = nn.ModuleList(IntConv(f, f, (2, 3), stride=2) for _ in range(NUM_LEVELS - 1))
+        self.down_ul = nn.ModuleList(
+            IntConv(f, f, (2, 2), right=True, stride=2) for _ in range(NUM_LEVELS - 1)
+        )
+        self.dn_u = nn.ModuleList(blocks(self.down_blocks(lv), False, 1) for lv in range(3))
+        self.dn_ul = nn.ModuleList(blocks(self.down_blocks(lv), True, 2) for lv in range(3))
+        self.deconv_u = nn.ModuleList(
+            IntDeconv(f, f, (2, 3), right=False) for _ in range(NUM_LEVELS - 1)
+        )
+        self.deconv_ul = nn.ModuleList(
+            IntDeconv(f, f, (2, 2), right=True) for _ in range(NUM_LEVELS - 1)
+        )
+        self.out = IntNin(f, self._mix_params)
+        for name, size in table_sizes().items():
+            self.register_buffer(f"t_{name}", torch.zeros(size, dtype=torch.int32))
+        self._cache: dict[tuple, object] = {}
+
+    down_blocks = PixelCNNpp.down_blocks
+
+    def _tables(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"t_{name}") for name in _TABLES}
+
+    def _cached(self, kind: str, make):
+        key = (kind, self.t_sigmoid.device, self.t_sigmoid.data_ptr())
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[1:] == key[1:]}
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def distribution(self) -> qd.IntegerLogisticMixture:
+        cfg = self.config
+        return self._cached(
+            "dist",
+            lambda: qd.IntegerLogisticMixture(cfg.channels, cfg.nr_logistic_mix, self._tables()),
+        )
+
+    def arithmetic(self, device: torch.device | None = None) -> IntegerArithmetic:
+        return self._cached(
+            "ar", lambda: IntegerArithmetic(self.t_elu.double(), self.t_sigmoid.double())
+        )
+
+    def params(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) uint8 -> (B, P, H, W) integer-valued float64 (the same integers
+        the stepper computes)."""
+        if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2] < 1 or x.shape[3] < 1:
+            raise UnsupportedImageError(
+                f"expected (B, {self.channels}, H, W) pixels, got shape {tuple(x.shape)}"
+            )
+        ar = self.arithmetic()
+        xs = ar.pixels(x)
+        b, _, h, w = xs.shape
+        xpad = torch.cat([xs, xs.new_full((b, 1, h, w), ar.one)], dim=1)
+        u = _down_shift(ar.fin(self.u_init(xpad), _nchw(self.u_init.post())))
+        ul = _down_shift(self.ul_init_top(xpad)) + _right_shift(self.ul_init_left(xpad))
+        ul = ar.fin(ul, _nchw(self.ul_init_top.post()))
+        us, uls, sizes = [u], [ul], []
+        for lv in range(NUM_LEVELS):
+            if lv > 0:
+                du, dul = self.down_u[lv - 1], self.down_ul[lv - 1]
+                u = ar.fin(du(u), _nchw(du.post()))
+                ul = ar.fin(dul(ul), _nchw(dul.post()))
+                us.append(u)
+                uls.append(ul)
+            sizes.append(u.shape[2:])
+            for bu, bul in zip(self.up_u[lv], self.up_ul[lv], strict=True):
+                u = bu.run(ar, u, ())
+                ul = bul.run(ar, ul, (u,))
+                us.append(u)
+                uls.append(ul)
+        us.pop()
+        uls.pop()
+        for lv in reversed(range(NUM_LEVELS)):
+            if lv < NUM_LEVELS - 1:
+                cu, cul = self.deconv_u[lv], self.deconv_ul[lv]
+                u = ar.fin(cu(u, sizes[lv]), _nchw(cu.post()))
+                ul = ar.fin(cul(ul, sizes[lv]), _nchw(cul.post()))
+            for bu, bul in zip(self.dn_u[lv], self.dn_ul[lv], strict=True):
+                u = bu.run(ar, u, (us.pop(),))
+                ul = bul.run(ar, ul, (u, uls.pop()))
+        return ar.fin(self.out(ar.elu(ul)), _nchw(self.out.post()))
+
+    def stepper(self, batch: int, height: int, width: int) -> PixelCNNppStepper:
+        return PixelCNNppStepper(self, batch, height, width)
+
+
+# ----------------------------------------------------------------------------------------
+# Conversion of a trained float model
+
+
+def _weight_exps(maxabs: np.ndarray) -> np.ndarray:
+    """Per channel the largest e with maxabs * 2^e <= _W_MAX (capped)."""
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(_W_MAX / np.maximum(maxabs, 1e-300)))
+    e = np.minimum(e, _MAX_WEIGHT_EXP).astype(np.int64)
+    # log2 can land one too high at an exact boundary.
+    while np.any(over := np.abs(maxabs) * np.ldexp(1.0, e) > _W_MAX):
+        e[over] -= 1
+    return e
+
+
+def _channel_max(w: np.ndarray, out_dim: int) -> np.ndarray:
+    return np.abs(np.moveaxis(w, out_dim, 0)).reshape(w.shape[out_dim], -1).max(1)
+
+
+def _put(
+    layer: _IntLayer,
+    w: np.ndarray,
+    b: np.ndarray,
+    e: np.ndarray,
+    in_frac: int,
+    out_frac: np.ndarray | int,
+    out_dim: int,
+    in_max: float,
+) -> None:
+    """Quantize float weights w (out channels on ``out_dim``) and bias b with weight
+    exponents e; the input has ``in_frac`` fractional bits (at most ``in_max`` in
+    magnitude), the output ``out_frac``."""
+    shape = [1] * w.ndim
+    shape[out_dim] = -1
+    wq = np.rint(w * np.ldexp(1.0, e).reshape(shape))
+    bq = np.rint(b * np.ldexp(1.0, e + in_frac))
+    k = w.size // w.shape[out_dim]
+    bound = k * in_max * np.abs(wq).max(initial=0) + np.abs(bq).max(initial=0)
+    if bound >= EXACT_LIMIT / 4:  # /4: the joint sums add a second product term
+        raise ValueError(f"a layer's accumulator may reach {bound:.3g}: not exact in float64")
+    layer.w.copy_(torch.from_numpy(wq.astype(np.int16)))
+    layer.b.copy_(torch.from_numpy(bq.astype(np.int64)))
+    layer.shift.copy_(torch.from_numpy((e + in_frac - out_frac).astype(np.int32)))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().cpu().numpy()
+
+
+@torch.no_grad()
+def from_float(model: PixelCNNpp) -> IntPixelCNNpp:
+    """The integer model of a trained float PixelCNN++ (post-training quantization: 16-bit
+    weights with a power-of-two scale per output channel, activations at ACT_FRAC bits)."""
+    cfg = model.config
+    if cfg.nr_logistic_mix > MAX_MIX:
+        raise ValueError(f"nr_logistic_mix {cfg.nr_logistic_mix} > {MAX_MIX}")
+    out = IntPixelCNNpp(
+        IntPixelCNNppConfig(cfg.channels, cfg.nr_resnet, cfg.nr_filters, cfg.nr_logistic_mix)
+    )
+    act = float(ACT_MAX)
+
+    def conv(dst, src, in_frac=ACT_FRAC, scale=1.0, in_max=act, e=None):
+        w, b = _np(src.weight()) * scale, _np(src.b)
+        od = 1 if isinstance(src, ShiftedDeconv2d) else 0
+        e = _weight_exps(_channel_max(w, od)) if e is None else e
+        _put(dst, w, b, e, in_frac, ACT_FRAC, od, in_max)
+
+    # Pixels enter as 2v - 255 and the constant channel as 255: both 1/255 of the float
+    # input, so the first convs' weights take the 1/255 and have 0 input fractional bits.
+    px = 1.0 / 255.0
+    conv(out.u_init, model.u_init, 0, px, 255.0)
+    wt, wl = _np(model.ul_init_top.weight()) * px, _np(model.ul_init_left.weight()) * px
+    e = np.minimum(_weight_exps(_channel_max(wt, 0)), _weight_exps(_channel_max(wl, 0)))
+    conv(out.ul_init_top, model.ul_init_top, 0, px, 255.0, e)
+    conv(out.ul_init_left, model.ul_init_left, 0, px, 255.0, e)
+    pairs = [
+        (out.up_u, model.up_u),
+        (out.up_ul, model.up_ul),
+        (out.dn_u, model.dn_u),
+        (out.dn_ul, model.dn_ul),
+    ]
+    for dst_levels, src_levels in pairs:
+        for dst_blocks, src_blocks in zip(dst_levels, src_levels, strict=True):
+            for d, s in zip(dst_blocks, src_blocks, strict=True):
+                wa = _np(s.conv_a.weight())
+                e = _weight_exps(_channel_max(wa, 0))
+                if s.nin is not None:
+                    e = np.minimum(e, _weight_exps(_channel_max(_np(s.nin.weight()), 0)))
+                    conv(d.nin, s.nin, e=e)
+                conv(d.conv_a, s.conv_a, e=e)
+                conv(d.conv_b, s.conv_b)
+    for dst, src in zip(
+        [*out.down_u, *out.down_ul, *out.deconv_u, *out.deconv_ul],
+        [*model.down_u, *model.down_ul, *model.deconv_u, *model.deconv_ul],
+        strict=True,
+    ):
+        conv(dst, src)
+    _put_output(out, model)
+    tables = {"elu": elu_table(), "sigmoid": sigmoid_table(), **qd.build_tables()}
+    for name in _TABLES:
+        setattr(out, f"t_{name}", torch.from_numpy(tables[name].astype(np.int32)))
+    return out.eval()
+
+
+def _put_output(out: IntPixelCNNpp, model: PixelCNNpp) -> None:
+    """The output nin, rows mapped to the integer mixture's parameter formats: logits,
+    means in pixel units (x 127.5), log-scales in pixel units (+ ln 127.5), raw coupling
+    coefficients; each with its own fractional bits."""
+    cfg = model.config
+    m, c = cfg.nr_logistic_mix, cfg.channels
+    block = 3 if c == 3 else 2
+    w, b = _np(model.out.weight()), _np(model.out.b)
+    frac = np.full(len(b), qd.LOGIT_FRAC, dtype=np.int64)
+    for ch in range(c):
+        at = m + ch * block * m
+        mean, ls = slice(at, at + m), slice(at + m, at + 2 * m)
+        w[mean] *= 127.5
+        b[mean] *= 127.5
+        frac[mean] = qd.MEAN_FRAC
+        b[ls] += math.log(127.5)
+        frac[ls] = qd.LOG_SCALE_FRAC
+        if block == 3:
+            frac[at + 2 * m : at + 3 * m] = qd.COEF_IN_FRAC
+    e = _weight_exps(_channel_max(w, 0))
+    _put(out.out, w, b, e, ACT_FRAC, frac, 0, float(ACT_MAX))
