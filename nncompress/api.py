@@ -255,24 +255,15 @@ def _encode_group(
 ) -> list[EncodeResult]:
     _require_integer(lm)
     th, tw = model_tile(lm, tile)
-    chunk = max(1, min(CHUNK_TILES, max_batch, container.MAX_CHUNK_PIXELS // (th * tw)))
     per_image = []  # the jobs (chunks) of each picture
     for p in pictures:
-        grid = TileGrid(p.height, p.width, th, tw)
+        grid = _grid(p, th, tw)
+        chunk = chunk_tiles(grid.tile_h, grid.tile_w, max_batch)
         tiles = grid.split(p.planes)
         ranges = chunk_ranges(grid.count, min(chunk, grid.count))
         per_image.append([EncodeJob(grid, r, tiles[r.start : r.stop]) for r in ranges])
-    jobs = [j for js in per_image for j in js]
     model = lm.model.to(dev).eval()
-    with coding_context(dev, default_cpu_threads()):
-        run_schedule(
-            model,
-            jobs,
-            th,
-            tw,
-            max_batch,
-            _progress_for(progress, _steps(jobs, max_batch, (th, tw)), "encode"),
-        )
+    _run_by_tile(model, [j for js in per_image for j in js], dev, max_batch, progress, "encode")
     out = []
     for chunks, pic in zip(per_image, pictures):
         canvas = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
@@ -286,8 +277,8 @@ def _encode_group(
             mode=pic.mode,
             width=pic.width,
             height=pic.height,
-            tile_h=th,
-            tile_w=tw,
+            tile_h=chunks[0].grid.tile_h,
+            tile_w=chunks[0].grid.tile_w,
             chunk_tiles=chunks[0].count,
             pixel_crc32=crc,
             payload_crc32=zlib.crc32(payload),
@@ -297,6 +288,30 @@ def _encode_group(
         bits = sum(j.info_bits for j in chunks)
         out.append(EncodeResult(data, header, pic.subpixels, bits))
     return out
+
+
+def _grid(pic: Picture, th: int, tw: int) -> TileGrid:
+    """The tiles of a picture: a tile larger than the image would only add steps (and
+    FORMAT.md does not allow it), so it is clamped to the image."""
+    return TileGrid(pic.height, pic.width, min(th, pic.height), min(tw, pic.width))
+
+
+def _run_by_tile(model, jobs: list[TileJob], dev, max_batch: int, progress, label: str) -> None:
+    """run_schedule over ``jobs``, one schedule per tile size (a batch has one)."""
+    by_tile: dict[tuple[int, int], list[TileJob]] = {}
+    for j in jobs:
+        by_tile.setdefault((j.grid.tile_h, j.grid.tile_w), []).append(j)
+    steps = sum(_steps(js, max_batch, t) for t, js in by_tile.items())
+    bar = _progress_for(progress, steps, label)
+    with coding_context(dev, default_cpu_threads()):
+        for (th, tw), js in by_tile.items():
+            run_schedule(model, js, th, tw, max_batch, bar)
+
+
+def chunk_tiles(tile_h: int, tile_w: int, max_batch: int) -> int:
+    """Tiles per coder stream: CHUNK_TILES, fewer for small batches and wide tiles."""
+    caps = (container.MAX_CHUNK_PIXELS // (tile_h * tile_w), container.MAX_CHUNK_COLUMNS // tile_w)
+    return max(1, min(CHUNK_TILES, max_batch, *caps))
 
 
 def _content_crc(pic: Picture) -> int:
@@ -373,10 +388,10 @@ def decompress_many(
         max_batch = DEFAULT_MAX_BATCH[dev.type]
     out: list[Image.Image | None] = [None] * len(parsed)
     # A tile's tables depend on nothing but the model and its own pixels: files sharing a
-    # model and a tile size decode together in any batches, on any device.
-    groups: dict[tuple, list[int]] = {}
+    # model decode together in any batches (one schedule per tile size), on any device.
+    groups: dict[bytes, list[int]] = {}
     for i, (h, _) in enumerate(parsed):
-        groups.setdefault((h.model_digest, h.tile_h, h.tile_w), []).append(i)
+        groups.setdefault(h.model_digest, []).append(i)
     for idx in groups.values():
         h0 = parsed[idx[0]][0]
         lm = _decode_model(h0, given)
@@ -384,21 +399,13 @@ def decompress_many(
         per_file = []
         for i in idx:
             h, payload = parsed[i]
+            _check_against(h, lm)
             grid = TileGrid(h.height, h.width, h.tile_h, h.tile_w)
             streams = container.split_streams(h, payload)
             ranges = chunk_ranges(grid.count, h.chunk_tiles)
             per_file.append([DecodeJob(grid, r, st) for r, st in zip(ranges, streams)])
-        jobs = [j for js in per_file for j in js]
         model_ = lm.model.to(dev).eval()
-        tile = (h0.tile_h, h0.tile_w)
-        with coding_context(dev, default_cpu_threads()):
-            run_schedule(
-                model_,
-                jobs,
-                *tile,
-                max_batch,
-                _progress_for(factory, _steps(jobs, max_batch, tile), "decode"),
-            )
+        _run_by_tile(model_, [j for js in per_file for j in js], dev, max_batch, factory, "decode")
         for i, chunks in zip(idx, per_file):
             h = parsed[i][0]
             planes = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
@@ -421,6 +428,12 @@ def _crc_message(name: str | None) -> str:
 
 def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel:
     lm = given if given is not None else _zoo_load(h.model_name)
+    _check_against(h, lm)
+    return lm
+
+
+def _check_against(h: container.Header, lm: LoadedModel) -> None:
+    """The file's model digest and coded channels against the model's."""
     if lm.digest != h.model_digest:
         raise ModelMismatchError(
             f"file was encoded with model {h.model_name!r} (digest {h.model_digest.hex()[:12]}), "
@@ -433,7 +446,6 @@ def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel
             f"file says mode {h.mode} ({h.channels_coded} coded channels), but its model "
             f"{lm.name!r} codes {lm.model.channels} (damaged or forged header)"
         )
-    return lm
 
 
 def decompress(
@@ -478,7 +490,8 @@ def iter_scores(
             models[pic.channels] = _model_for(model, pic.channels, dev.type)
         lm = models[pic.channels]
         th, tw = model_tile(lm, tile)
-        grid = TileGrid(pic.height, pic.width, th, tw)
+        grid = _grid(pic, th, tw)
+        th, tw = grid.tile_h, grid.tile_w
         net = lm.model.to(dev).eval()
         tiles = torch.from_numpy(grid.split(pic.planes, net.padding))
         bits = []

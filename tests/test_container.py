@@ -15,6 +15,7 @@ import pytest
 from nncompress.container import (
     FORMAT_VERSION,
     MAGIC,
+    MAX_CHUNK_COLUMNS,
     MAX_CHUNK_PIXELS,
     MAX_ENCODER_BYTES,
     MAX_FILE_BYTES,
@@ -164,6 +165,7 @@ def test_constants() -> None:
     assert FORMAT_VERSION == 4
     assert MAGIC == b"\x89NNC\r\n\x1a\n"
     assert (MAX_PIXELS, MAX_TILE, MAX_CHUNK_PIXELS, MAX_FILE_BYTES) == (2**28, 4096, 2**24, 2**32)
+    assert MAX_CHUNK_COLUMNS == 2**15
     assert (MAX_MODEL_NAME_BYTES, MAX_ENCODER_BYTES) == (255, 64)
     assert FIXED.size == 59
     assert MIN_HEADER_BODY_BYTES == FIXED.size + 1 + 1 == 61  # 1-byte name, empty encoder
@@ -214,9 +216,11 @@ def test_header_derived_properties() -> None:
     assert HEADER.channels_coded == 3
     for mode, channels in (("L", 1), ("LA", 1), ("RGB", 3), ("RGBA", 3)):
         assert dataclasses.replace(HEADER, mode=mode).channels_coded == channels
-    big_tile = dataclasses.replace(HEADER, tile_h=64, tile_w=64)
-    assert (big_tile.num_tiles, big_tile.num_chunks) == (1, 1)  # a tile may exceed the image
-    for chunk, chunks in ((1, 4), (2, 2), (4, 1), (5, 1), (2**20, 1)):
+    whole = dataclasses.replace(HEADER, tile_h=3, tile_w=5)
+    assert (whole.num_tiles, whole.num_chunks) == (1, 1)  # a tile may be the whole image
+    with pytest.raises(ValueError, match="larger than the image"):  # but not exceed it
+        dataclasses.replace(HEADER, tile_h=64, tile_w=64)
+    for chunk, chunks in ((1, 4), (2, 2), (4, 1), (5, 1), (2**12, 1)):
         assert dataclasses.replace(HEADER, chunk_tiles=chunk).num_chunks == chunks
     # The defaults: 8 bits, empty encoder string.
     required = {
@@ -228,13 +232,13 @@ def test_header_derived_properties() -> None:
 
 
 EDGE_HEADERS = [
-    # longest strings (multi-byte UTF-8), largest checksums, chunk at MAX_CHUNK_PIXELS
+    # longest strings (multi-byte UTF-8), largest checksums, chunk at MAX_CHUNK_COLUMNS
     dataclasses.replace(
         HEADER,
         model_name="é" * 127 + "x",
         encoder="v" * 64,
         pixel_crc32=2**32 - 1,
-        chunk_tiles=MAX_CHUNK_PIXELS // 8,
+        chunk_tiles=MAX_CHUNK_COLUMNS // 4,
     ),
     # shortest strings, smallest image and values, another mode
     dataclasses.replace(
@@ -250,20 +254,20 @@ EDGE_HEADERS = [
         pixel_crc32=0,
         model_digest=bytes(32),
     ),
-    # image at MAX_PIXELS as one row; largest tiles, one per chunk (= MAX_CHUNK_PIXELS)
+    # image at MAX_PIXELS as one row; the widest tiles, eight per chunk
     dataclasses.replace(
         HEADER,
         mode="RGBA",
         width=MAX_PIXELS,
         height=1,
-        tile_h=MAX_TILE,
+        tile_h=1,
         tile_w=MAX_TILE,
-        chunk_tiles=1,
+        chunk_tiles=MAX_CHUNK_COLUMNS // MAX_TILE,
     ),
     # ... and as one column, and as the largest square
-    dataclasses.replace(HEADER, mode="LA", width=1, height=MAX_PIXELS),
+    dataclasses.replace(HEADER, mode="LA", width=1, height=MAX_PIXELS, tile_w=1),
     dataclasses.replace(
-        HEADER, width=2**14, height=2**14, tile_h=1, tile_w=1, chunk_tiles=MAX_CHUNK_PIXELS
+        HEADER, width=2**14, height=2**14, tile_h=1, tile_w=1, chunk_tiles=MAX_CHUNK_COLUMNS
     ),
 ]
 
@@ -349,6 +353,14 @@ def test_read_header_needs_only_the_header() -> None:
         (
             {"tile_h": MAX_TILE, "tile_w": MAX_TILE, "chunk_tiles": 2},
             "chunk of 2 tiles of 4096x4096 exceeds MAX_CHUNK_PIXELS",
+        ),
+        (
+            {"chunk_tiles": MAX_CHUNK_COLUMNS // 4 + 1},
+            "chunk of 8193 tiles 4 wide exceeds MAX_CHUNK_COLUMNS (32768)",
+        ),
+        (
+            {"width": 3, "height": 1},
+            "tile 2x4 is larger than the image 3x1",
         ),
         ({"encoder": "x" * 65}, "encoder is 65 bytes (must be 0..64)"),
         ({"encoder": "é" * 32 + "x"}, "encoder is 65 bytes (must be 0..64)"),

@@ -3,6 +3,7 @@
 from .format import (
     FORMAT_VERSION,
     MAGIC,
+    MAX_CHUNK_COLUMNS,
     MAX_CHUNK_PIXELS,
     MAX_ENCODER_BYTES,
     MAX_FILE_BYTES,
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_MODEL_NAME_BYTES",
     "MAX_PIXELS",
     "MAX_TILE",
+    "MAX_CHUNK_COLUMNS",
     "MAX_CHUNK_PIXELS",
     "MAX_ENCODER_BYTES",
     "MIN_HEADER_BODY_BYTES",

@@ -79,6 +79,9 @@ MAX_TILE: Final = 4096
 #: Most pixel positions in one chunk (chunk_tiles * tile_h * tile_w): a chunk's tiles share
 #: one batch of the decoder, so this bounds what a file can make it allocate per batch.
 MAX_CHUNK_PIXELS: Final = 2**24
+#: Most tile columns in one chunk (chunk_tiles * tile_w): the stepper's caches grow with
+#: them (pixelcnnpp-photo: ~100 KB per column), so this bounds a batch to a few GB.
+MAX_CHUNK_COLUMNS: Final = 2**15
 #: Largest file. A floored 256-way PMF costs at most ~24 bits a subpixel, so a MAX_PIXELS
 #: RGB image stays below this; readers should refuse bigger inputs before reading them.
 MAX_FILE_BYTES: Final = 2**32
@@ -205,6 +208,15 @@ def _header_problem(h: Header) -> str | None:
             f"chunk of {h.chunk_tiles} tiles of {h.tile_h}x{h.tile_w} exceeds "
             f"MAX_CHUNK_PIXELS ({MAX_CHUNK_PIXELS})"
         )
+    if h.chunk_tiles * h.tile_w > MAX_CHUNK_COLUMNS:
+        return (
+            f"chunk of {h.chunk_tiles} tiles {h.tile_w} wide exceeds "
+            f"MAX_CHUNK_COLUMNS ({MAX_CHUNK_COLUMNS})"
+        )
+    # A tile larger than the image only adds steps (a forged 4096x4096 tile on a tiny
+    # image would take hours): encoders clamp the tile to the image.
+    if h.tile_h > h.height or h.tile_w > h.width:
+        return f"tile {h.tile_h}x{h.tile_w} is larger than the image {h.width}x{h.height}"
     return _text_problem("encoder", h.encoder, 0, MAX_ENCODER_BYTES)
 
 
@@ -460,6 +472,7 @@ def describe(header: Header, payload_len: int | None = None) -> dict[str, object
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_CHUNK_COLUMNS",
     "MAX_CHUNK_PIXELS",
     "MAX_FILE_BYTES",
     "MAX_HEADER_BODY_BYTES",
