@@ -87,9 +87,9 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 text = str(e).strip()
                 first = text.splitlines()[0][:120] if text else type(e).__name__
                 raise _Fail(
-                    f"out of memory ({first}): the tiles of all images given together share "
-                    "each batch; encode fewer or smaller images per call or use a lower "
-                    "--max-batch (a file decodes with the batch size it was encoded with)"
+                    f"out of memory ({first}): the tiles of all files given together share "
+                    "each batch; use a lower --max-batch (any batch size decodes any file) "
+                    "or fewer files per call"
                 ) from None
             if os.environ.get(DEBUG_ENV):
                 raise
@@ -367,7 +367,8 @@ _device_option = click.option(
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
-    help="Where the model runs. Files must be decoded on the kind of device that encoded them.",
+    help="Where the model runs (auto: CUDA if there is one). Files decode on any device, "
+    "whatever device encoded them.",
 )
 
 
@@ -414,11 +415,16 @@ def _usage_conflicts(force: bool, skip_existing: bool) -> None:
     default=None,
     metavar="N",
     help="Most tiles per batch step (default: 512 on CPU, 2048 on CUDA). Memory grows with "
-    "it, and the decoder needs what the encoder needed: lower it for small GPUs.",
+    "it; the files do not depend on it (a decoder may use any batch size).",
 )
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
 @_skip_option
 @_max_pixels_option
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Decode every file just written and compare its pixels before reporting success.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @_progress_option
 @_handle_errors
@@ -432,6 +438,7 @@ def encode(
     force,
     skip_existing,
     max_pixels,
+    verify,
     quiet,
     progress,
 ) -> None:
@@ -475,12 +482,14 @@ def encode(
             tally.fail(f"{src}: {e.strerror or e}")
     if todo:
         _encode_and_write(
-            todo, model, device, tile, max_batch, force, limit, quiet, progress, tally
+            todo, model, device, tile, max_batch, force, limit, quiet, progress, tally, verify
         )
     tally.finish()
 
 
-def _encode_and_write(todo, model, device, tile, max_batch, force, limit, quiet, progress, tally):
+def _encode_and_write(
+    todo, model, device, tile, max_batch, force, limit, quiet, progress, tally, verify=False
+):
     """Code the images of ``todo`` (one schedule per model, as api.compress_detailed
     would), write each file, report each."""
     from . import api
@@ -522,6 +531,7 @@ def _encode_and_write(todo, model, device, tile, max_batch, force, limit, quiet,
             max_batch,
             progress=factory,
             max_pixels=limit,
+            verify=verify,
         )
         for (src, dst, im), res in zip(items, results):
             if not _write_reported(dst, res.data, force, tally):
@@ -654,6 +664,14 @@ def _warn_if_slow(work: Sequence[tuple[str, float, int]], doing: str, hint: str)
 )
 @_device_option
 @click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    metavar="N",
+    help="Most tiles per batch step (default: 512 on CPU, 2048 on CUDA); memory grows with "
+    "it, the pixels do not depend on it.",
+)
+@click.option(
     "--force", "-f", is_flag=True, help="Overwrite existing outputs (IN.png itself included)."
 )
 @_skip_option
@@ -662,10 +680,11 @@ def _warn_if_slow(work: Sequence[tuple[str, float, int]], doing: str, hint: str)
 @_progress_option
 @_handle_errors
 def decode(
-    inputs, output, model, device, force, skip_existing, max_pixels, quiet, progress
+    inputs, output, model, device, max_batch, force, skip_existing, max_pixels, quiet, progress
 ) -> None:
     """Decode .nnc files (or folders of them, searched recursively) to PNG images with
-    exactly the original pixels and mode. Files encoded together are decoded together.
+    exactly the original pixels and mode, on any device (whatever device encoded them).
+    The files given share the model's batches.
 
     Default output: IN with the suffix .png, beside IN (or in the folder -o DIR). If that
     file exists, the output is IN.decoded.png instead, or IN.decoded.2.png, IN.decoded.3.png
@@ -724,11 +743,13 @@ def decode(
         taken.add(dst)
         todo.append((src, dst, note, blob, header))
     if todo:
-        _decode_and_write(todo, model, device, force, limit, quiet, progress, tally)
+        _decode_and_write(todo, model, device, force, limit, quiet, progress, tally, max_batch)
     tally.finish()
 
 
-def _decode_and_write(todo, model, device, force, limit, quiet, progress, tally) -> None:
+def _decode_and_write(
+    todo, model, device, force, limit, quiet, progress, tally, max_batch=None
+) -> None:
     from . import api
 
     given = api.load_model(model) if model else None
@@ -740,6 +761,8 @@ def _decode_and_write(todo, model, device, force, limit, quiet, progress, tally)
         device,
         progress=_progress(progress),
         max_pixels=limit,
+        max_batch=max_batch,
+        names=[src for src, *_ in todo],
     )
     for (src, dst, note, _, _), im in zip(todo, images):
         buf = io.BytesIO()
@@ -749,30 +772,25 @@ def _decode_and_write(todo, model, device, force, limit, quiet, progress, tally)
 
 
 def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
-    """_warn_if_slow for the files (header, model given or None) that decode on the CPU:
-    those encoded there (where a header records the device), else all when the decoding
-    device is the CPU."""
+    """_warn_if_slow for the files (header, model given or None) when they decode on the
+    CPU (any file decodes on any device)."""
     from .runtime import resolve_device
 
     try:
         here = resolve_device(device).type
     except NncError:
         return  # decoding reports it
+    if here != "cpu":
+        return
     rates: dict[str, float | None] = {}
     work = []
     for header, given in files:
-        if getattr(header, "device", here) != "cpu":
-            continue
         name = given.name if given is not None else header.model_name
         if name not in rates:
             rates[name] = _loaded_rate(given) if given is not None else _named_rate(name)
         if rates[name] is not None:
             work.append((name, rates[name], header.width * header.height))
-    recorded = any(hasattr(header, "device") for header, _ in files)
-    hint = (
-        "files encoded with --device cuda decode on a GPU, much faster" if recorded else _gpu_hint()
-    )
-    _warn_if_slow(work, "decoding", hint)
+    _warn_if_slow(work, "decoding", _gpu_hint())
 
 
 @main.command()
@@ -801,6 +819,41 @@ def info(files, as_json) -> None:
         for k, v in d.items():
             click.echo(f"{k:<{width}}  {v}")
         click.echo()
+
+
+@main.command()
+@click.argument("model", metavar="NAME|PATH")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="OUT",
+    help="Integer model file to write (default: NAME-int.safetensors beside a model file, "
+    "or in the current folder for an installed name).",
+)
+@click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
+@_handle_errors
+def quantize(model, output, force) -> None:
+    """Convert a trained float model (PixelCNN++, histogram) to the integer model that codes
+    files: 16-bit weights, fixed-point activations, tables in the file (FORMAT.md)."""
+    from . import api
+    from .quant.convert import INTEGER_FAMILIES, integer_path, write_integer_model
+
+    lm = api.load_model(model)
+    if getattr(lm.model.distribution, "integer_tables", False):
+        raise _Fail(f"{lm.name} is already an integer model")
+    if lm.family not in INTEGER_FAMILIES:
+        raise _Fail(f"model family {lm.family!r} has no integer path yet")
+    if output:
+        dst = Path(output)
+    else:
+        dst = integer_path(lm.path) if lm.path else Path(f"{lm.name}-int.safetensors")
+    if dst.exists() and not force:
+        raise _Fail(f"{dst} exists (use --force to overwrite)")
+    if not dst.parent.is_dir():
+        raise _Fail(f"no such folder: {dst.parent}")
+    digest = write_integer_model(lm.path or model, dst)
+    click.echo(f"{lm.name} -> {dst} (digest {digest.hex()[:12]})")
 
 
 @main.command()

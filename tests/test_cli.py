@@ -607,3 +607,52 @@ def test_max_pixels_on_decode_reads_the_header_first(tmp_path, model_dir, monkey
     assert "--max-pixels" in r.output and not (tmp_path / "big.png").exists()
     r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png"), "--max-pixels", "9")
     one_line_error(r, "more than the limit of 9 (raise it with --max-pixels)")
+
+
+def test_encode_verify_decodes_what_it_wrote(tmp_path, model_dir, monkeypatch):
+    src = png(tmp_path / "a.png")
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "--verify")
+    assert r.exit_code == 0, r.output
+    # A decoder that returns other pixels makes --verify fail, and nothing is written.
+    from nncompress import api
+
+    real = api.decompress_many
+
+    def wrong(*a, **k):
+        return [im.transpose(0) for im in real(*a, **k)]  # mirrored pixels
+
+    monkeypatch.setattr(api, "decompress_many", wrong)
+    r = run("encode", str(src), "-o", str(tmp_path / "v.nnc"), "-m", "hist-rgb", "--verify")
+    one_line_error(r, "verification failed")
+    assert not (tmp_path / "v.nnc").exists()
+
+
+def test_decode_with_any_max_batch(tmp_path, model_dir):
+    src = png(tmp_path / "a.png", size=(40, 24))
+    assert run("encode", str(src), "-m", "hist-rgb", "--tile", "8", "-q").exit_code == 0
+    for n in ("1", "7"):
+        out = tmp_path / f"d{n}.png"
+        r = run("decode", str(tmp_path / "a.nnc"), "-o", str(out), "--max-batch", n)
+        assert r.exit_code == 0, r.output
+        assert Image.open(out).tobytes() == Image.open(src).tobytes()
+
+
+def test_quantize_makes_a_float_model_code(tmp_path, model_dir):
+    from conftest import fitted_histogram
+
+    from nncompress.modelfile import save_model
+
+    flt = tmp_path / "hflt.safetensors"
+    save_model(fitted_histogram(3), flt, info={"tile": [8, 8]})
+    src = png(tmp_path / "a.png")
+    one_line_error(run("encode", str(src), "-m", str(flt)), "float arithmetic")
+    r = run("quantize", str(flt))
+    assert r.exit_code == 0, r.output
+    q = tmp_path / "hflt-int.safetensors"
+    assert q.is_file() and "hflt-int.safetensors" in r.output
+    one_line_error(run("quantize", str(flt)), "exists")
+    assert run("encode", str(src), "-m", str(q), "-q").exit_code == 0
+    r = run("decode", str(tmp_path / "a.nnc"), "-m", str(q), "-o", str(tmp_path / "b.png"))
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "b.png").tobytes() == Image.open(src).tobytes()
+    one_line_error(run("quantize", str(q)), "already an integer model")
