@@ -747,11 +747,15 @@ def mut_model_tensor(rng, seed, _):
         value = {"nan": float("nan"), "inf": float("inf"), "big": 3e38}[op]
         t.view(-1)[rng.randrange(t.numel())] = value
         tensors[name] = t
-    else:  # an integer buffer (MADE's orderings and degrees)
+    else:  # an integer buffer (MADE's orderings and degrees, an integer model's tables)
         i = rng.randrange(t.numel())
-        value = rng.choice(
-            (-1, -(2**31), 2**31 - 1, t.numel(), int(t.view(-1)[(i + 1) % t.numel()]))
-        )
+        if t.dtype == torch.bool:
+            value: object = not bool(t.view(-1)[i])
+        else:
+            lim = torch.iinfo(t.dtype)
+            neighbour = int(t.view(-1)[(i + 1) % t.numel()])
+            value = rng.choice((-1, lim.min, lim.max, t.numel(), neighbour))
+            value = min(max(value, lim.min), lim.max)  # -1 in an unsigned tensor: 0
         t.view(-1)[i] = value
         tensors[name] = t
         desc += f" [{i}] = {value}"
