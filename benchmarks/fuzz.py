@@ -1197,6 +1197,14 @@ class Fuzz:
         return self.pool.run(cases, progress)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=3000, help=".nnc cases (spread over the kinds)")
@@ -1246,7 +1254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"-> {row['detail']}"
         )
     report = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seeds": seeds,
         "seconds": round(elapsed, 1),
         "platform": platform.platform(),

@@ -28,7 +28,7 @@ SEED = 14  # the issue's number: any fixed seed keeps CI reproducible
 TIMEOUT_S = 3.0  # per case; a seed decodes in ~5 ms (histograms), ~50 ms (tiny PixelCNN++)
 MEM_MB = 1024
 
-#: Cases per mutation kind (about 3100 in all).
+#: Cases per mutation kind (about 3000 in all).
 NNC_CASES = {
     "bitflip": 250,
     "overwrite": 250,
