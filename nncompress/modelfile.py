@@ -419,6 +419,9 @@ def _evaluation_problem(model: LikelihoodModel) -> str | None:
     dtype or shape check sees (an integer buffer indexing out of range, weights that
     overflow) must fail here, not in the middle of coding. None if the log-likelihood is
     finite."""
+    problem = model.integrity_problem()
+    if problem is not None:
+        return problem
     h, w = model.fixed_tile or (2, 2)
     x = torch.zeros(1, model.channels, h, w, dtype=torch.uint8)
     try:

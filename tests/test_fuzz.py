@@ -172,14 +172,6 @@ def test_cases_are_reproducible(fz: fuzz.Fuzz) -> None:
     assert [c.data for c in fz.nnc_cases(24, SEED + 1)] != [c.data for c in a]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "integer PixelCNN++ (found by benchmarks/fuzz.py, model-tensor): a forged layer shift "
-        "(an int32 buffer, valid digest) loads, then raises OverflowError in the stepper "
-        "(quant/pixelcnnpp.py _posts via step_weights); the family should bound its shifts"
-    ),
-)
 def test_a_forged_integer_shift_is_a_typed_error(tmp_path: Path) -> None:
     convert = pytest.importorskip("nncompress.quant.convert")
     import json

@@ -190,3 +190,28 @@ def test_files_cross_cpu_kernel_sets(tmp_path: Path):
         assert run("decode", cap) == "ok"
     run("encode", "default")
     assert run("decode", None) == "ok"
+
+
+@pytest.mark.parametrize(
+    "forge,message",
+    [
+        (lambda m: m.t_sigmoid.__setitem__(5, -1), "table sigmoid"),
+        (lambda m: m.t_exp.__setitem__(0, 0), "table exp"),
+        (lambda m: m.out.shift.__setitem__(0, 99), "shift outside"),
+        (lambda m: m.ul_init_left.shift.__setitem__(0, 3), "different shifts"),
+        (lambda m: (m.out.w.fill_(2**15 - 1), m.out.b.fill_(2**50)), "not be exact"),
+    ],
+)
+def test_forged_integer_models_are_refused_at_load(tmp_path: Path, forge, message):
+    """Integers that would make a negative frequency, an overflow or a float64 sum that is
+    no longer exact: a typed error when the file loads (digest recomputed, as a forger
+    would), not a wrong table later."""
+    from nncompress.errors import ModelFileError
+    from nncompress.modelfile import load_model_file, save_model
+
+    m = integer_tiny_model(3)
+    with torch.no_grad():
+        forge(m)
+    save_model(m, tmp_path / "f.safetensors")
+    with pytest.raises(ModelFileError, match=message):
+        load_model_file(tmp_path / "f.safetensors")

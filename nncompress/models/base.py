@@ -128,6 +128,12 @@ class LikelihoodModel(nn.Module, abc.ABC):
         """A stepper over ``batch`` tiles of ``height`` x ``width``. Default: naive."""
         return NaiveStepper(self, batch, height, width)
 
+    def integrity_problem(self) -> str | None:
+        """What is wrong with loaded weights beyond dtypes and shapes (integer models:
+        shifts, tables, exactness bounds), as one line; None if nothing. Model files call
+        it at load."""
+        return None
+
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 

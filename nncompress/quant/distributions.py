@@ -234,3 +234,22 @@ def _table_log_prob(dist: Distribution, params: torch.Tensor, x: torch.Tensor) -
             g = dist.coding_pmf(pc, c, xc, state)
             out[s : s + _CHUNK, c] = torch.log(table_probs(g.gather(1, xc[:, c : c + 1]))[:, 0])
     return out.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def tables_problem(tables: dict[str, torch.Tensor]) -> str | None:
+    """Value checks of a model file's tables (those present), so that forged tables cannot
+    make a negative frequency, an overflow or an empty table: None if they pass."""
+    t = {k: v.long() for k, v in tables.items()}
+    one = 1 << SIG_FRAC
+    checks = {
+        "sigmoid": lambda v: bool((v >= 0).all() and (v <= one).all() and (v.diff() >= 0).all()),
+        "exp": lambda v: bool((v >= 0).all() and (v <= 1 << EXP_FRAC).all() and v[0] > 0),
+        "inv_scale": lambda v: bool((v > 0).all() and (v < 1 << 28).all()),
+        "tanh": lambda v: bool((v.abs() <= 1 << COEF_FRAC).all()),
+        "log": lambda v: bool((v <= 0).all() and (v >= -(1 << 20)).all()),
+        "elu": lambda v: bool((v <= 0).all() and (v >= -(1 << 13)).all()),
+    }
+    for name, ok in checks.items():
+        if name in t and not ok(t[name]):
+            return f"table {name} holds values outside its domain"
+    return None

@@ -50,6 +50,9 @@ class IntHistogram(LikelihoodModel):
     def stepper(self, batch: int, height: int, width: int) -> Stepper:
         return _Stepper(self, batch, height, width)
 
+    def integrity_problem(self) -> str | None:
+        return qd.tables_problem({"exp": self.t_exp})
+
 
 class _Stepper(Stepper):
     def params_at(self, y: int, x: int) -> torch.Tensor:

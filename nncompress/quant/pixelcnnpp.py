@@ -299,6 +299,28 @@ class IntPixelCNNpp(LikelihoodModel):
     def stepper(self, batch: int, height: int, width: int) -> PixelCNNppStepper:
         return PixelCNNppStepper(self, batch, height, width)
 
+    def integrity_problem(self) -> str | None:
+        """Shifts in range and consistent where accumulations are shared, every layer's
+        accumulator provably exact in float64, tables in their domains."""
+        pairs = [(self.ul_init_left, self.ul_init_top)]
+        pairs += [(b.nin, b.conv_a) for b in self.modules() if isinstance(b, IntGated) and b.nin]
+        for a, b in pairs:
+            if not torch.equal(a.shift, b.shift):
+                return "layers summed before one requantization have different shifts"
+        first = (self.u_init, self.ul_init_top, self.ul_init_left)
+        for name, layer in self.named_modules():
+            if not isinstance(layer, _IntLayer):
+                continue
+            if layer.shift.numel() and not bool(((layer.shift >= -30) & (layer.shift <= 62)).all()):
+                return f"layer {name}: shift outside -30..62"
+            w = layer.w.long()
+            k = w[0].numel() if not isinstance(layer, IntDeconv) else w[:, 0].numel()
+            in_max = 255 if layer in first else ACT_MAX
+            bound = k * in_max * int(w.abs().max()) + int(layer.b.abs().max())
+            if 4 * bound >= EXACT_LIMIT:  # 4: a second, summed layer (see _put)
+                return f"layer {name}: its accumulator may not be exact in float64"
+        return qd.tables_problem(self._tables())
+
 
 # ----------------------------------------------------------------------------------------
 # Conversion of a trained float model
