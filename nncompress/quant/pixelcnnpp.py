@@ -107,14 +107,18 @@ class _IntLayer:
         self.register_buffer("b", torch.zeros(cout, dtype=torch.int64))
         self.register_buffer("shift", torch.zeros(cout, dtype=torch.int32))
 
+    #: Quantization-aware training (quant.qat): integer-valued float64 weight and bias that
+    #: carry gradients, used instead of the buffers while set.
+    fake: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def post(self) -> torch.Tensor:
         return _posts(self.shift)
 
     def weight(self) -> torch.Tensor:
-        return self.w.double()
+        return self.w.double() if self.fake is None else self.fake[0]
 
     def bias(self) -> torch.Tensor:
-        return self.b.double()
+        return self.b.double() if self.fake is None else self.fake[1]
 
 
 class IntConv(_IntLayer, ShiftedConv2d):
@@ -256,14 +260,15 @@ class IntPixelCNNpp(LikelihoodModel):
             "ar", lambda: IntegerArithmetic(self.t_elu.double(), self.t_sigmoid.double())
         )
 
-    def params(self, x: torch.Tensor) -> torch.Tensor:
+    def params(self, x: torch.Tensor, ar: IntegerArithmetic | None = None) -> torch.Tensor:
         """x: (B, C, H, W) uint8 -> (B, P, H, W) integer-valued float64 (the same integers
-        the stepper computes)."""
+        the stepper computes). ``ar``: other elementwise operations with the same results
+        (quant.qat's, which carry gradients)."""
         if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2] < 1 or x.shape[3] < 1:
             raise UnsupportedImageError(
                 f"expected (B, {self.channels}, H, W) pixels, got shape {tuple(x.shape)}"
             )
-        ar = self.arithmetic()
+        ar = self.arithmetic() if ar is None else ar
         xs = ar.pixels(x)
         b, _, h, w = xs.shape
         xpad = torch.cat([xs, xs.new_full((b, 1, h, w), ar.one)], dim=1)
@@ -341,109 +346,142 @@ def _channel_max(w: np.ndarray, out_dim: int) -> np.ndarray:
     return np.abs(np.moveaxis(w, out_dim, 0)).reshape(w.shape[out_dim], -1).max(1)
 
 
-def _put(
-    layer: _IntLayer,
-    w: np.ndarray,
-    b: np.ndarray,
-    e: np.ndarray,
-    in_frac: int,
-    out_frac: np.ndarray | int,
-    out_dim: int,
-    in_max: float,
-) -> None:
-    """Quantize float weights w (out channels on ``out_dim``) and bias b with weight
-    exponents e; the input has ``in_frac`` fractional bits (at most ``in_max`` in
-    magnitude), the output ``out_frac``."""
-    shape = [1] * w.ndim
-    shape[out_dim] = -1
-    wq = np.rint(w * np.ldexp(1.0, e).reshape(shape))
-    bq = np.rint(b * np.ldexp(1.0, e + in_frac))
-    k = w.size // w.shape[out_dim]
-    bound = k * in_max * np.abs(wq).max(initial=0) + np.abs(bq).max(initial=0)
-    if bound >= EXACT_LIMIT / 4:  # /4: the joint sums add a second product term
-        raise ValueError(f"a layer's accumulator may reach {bound:.3g}: not exact in float64")
-    layer.w.copy_(torch.from_numpy(wq.astype(np.int16)))
-    layer.b.copy_(torch.from_numpy(bq.astype(np.int64)))
-    layer.shift.copy_(torch.from_numpy((e + in_frac - out_frac).astype(np.int32)))
+@dataclass
+class LayerPlan:
+    """How one integer layer comes from float weights: ``w`` and ``b`` (float64, the float
+    layer's effective weights, already scaled to the integer formats; differentiable when
+    the float model is), weight exponents ``e`` (per output channel), the input's
+    fractional bits and largest magnitude, the output's fractional bits, and the output
+    channels' dimension of ``w``."""
+
+    dst: _IntLayer
+    w: torch.Tensor
+    b: torch.Tensor
+    e: np.ndarray
+    in_frac: int
+    in_max: float
+    out_frac: np.ndarray | int
+    out_dim: int
+
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """2^e shaped for w, and 2^(e + in_frac) for b (float64, exact)."""
+        shape = [1] * self.w.ndim
+        shape[self.out_dim] = -1
+        ws = torch.from_numpy(np.ldexp(1.0, self.e)).to(self.w.device).view(shape)
+        bs = torch.from_numpy(np.ldexp(1.0, self.e + self.in_frac)).to(self.w.device)
+        return ws, bs
+
+    def shift(self) -> torch.Tensor:
+        return torch.from_numpy((self.e + self.in_frac - self.out_frac).astype(np.int32))
+
+    def put(self) -> None:
+        """Quantize into ``dst`` (round half to even), checking the exactness bound."""
+        ws, bs = self.scales()
+        wq = torch.round(self.w.detach() * ws).cpu()
+        bq = torch.round(self.b.detach() * bs).cpu()
+        k = self.w.numel() // self.w.shape[self.out_dim]
+        bound = k * self.in_max * float(wq.abs().max()) + float(bq.abs().max())
+        if bound >= EXACT_LIMIT / 4:  # /4: the joint sums add a second product term
+            raise ValueError(f"a layer's accumulator may reach {bound:.3g}: not exact in float64")
+        self.dst.w.copy_(wq.to(torch.int16))
+        self.dst.b.copy_(bq.to(torch.int64))
+        self.dst.shift.copy_(self.shift())
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().double().cpu().numpy()
+def _exps(w: torch.Tensor, out_dim: int) -> np.ndarray:
+    return _weight_exps(_channel_max(w.detach().cpu().numpy(), out_dim))
 
 
-@torch.no_grad()
-def from_float(model: PixelCNNpp) -> IntPixelCNNpp:
-    """The integer model of a trained float PixelCNN++ (post-training quantization: 16-bit
-    weights with a power-of-two scale per output channel, activations at ACT_FRAC bits)."""
-    cfg = model.config
-    if cfg.nr_logistic_mix > MAX_MIX:
-        raise ValueError(f"nr_logistic_mix {cfg.nr_logistic_mix} > {MAX_MIX}")
-    out = IntPixelCNNpp(
-        IntPixelCNNppConfig(cfg.channels, cfg.nr_resnet, cfg.nr_filters, cfg.nr_logistic_mix)
-    )
+def layer_plans(model: PixelCNNpp, out: IntPixelCNNpp) -> list[LayerPlan]:
+    """One LayerPlan per layer of ``out`` from the float ``model`` (see from_float)."""
     act = float(ACT_MAX)
+    plans: list[LayerPlan] = []
 
-    def conv(dst, src, in_frac=ACT_FRAC, scale=1.0, in_max=act, e=None):
-        w, b = _np(src.weight()) * scale, _np(src.b)
+    def add(dst, src, in_frac=ACT_FRAC, scale=1.0, in_max=act, e=None, w=None):
+        w = src.weight().double() * scale if w is None else w
         od = 1 if isinstance(src, ShiftedDeconv2d) else 0
-        e = _weight_exps(_channel_max(w, od)) if e is None else e
-        _put(dst, w, b, e, in_frac, ACT_FRAC, od, in_max)
+        e = _exps(w, od) if e is None else e
+        plans.append(LayerPlan(dst, w, src.b.double(), e, in_frac, in_max, ACT_FRAC, od))
 
     # Pixels enter as 2v - 255 and the constant channel as 255: both 1/255 of the float
     # input, so the first convs' weights take the 1/255 and have 0 input fractional bits.
     px = 1.0 / 255.0
-    conv(out.u_init, model.u_init, 0, px, 255.0)
-    wt, wl = _np(model.ul_init_top.weight()) * px, _np(model.ul_init_left.weight()) * px
-    e = np.minimum(_weight_exps(_channel_max(wt, 0)), _weight_exps(_channel_max(wl, 0)))
-    conv(out.ul_init_top, model.ul_init_top, 0, px, 255.0, e)
-    conv(out.ul_init_left, model.ul_init_left, 0, px, 255.0, e)
-    pairs = [
+    add(out.u_init, model.u_init, 0, px, 255.0)
+    wt, wl = model.ul_init_top.weight().double() * px, model.ul_init_left.weight().double() * px
+    e = np.minimum(_exps(wt, 0), _exps(wl, 0))  # summed before one requantization
+    add(out.ul_init_top, model.ul_init_top, 0, px, 255.0, e, wt)
+    add(out.ul_init_left, model.ul_init_left, 0, px, 255.0, e, wl)
+    for dst_levels, src_levels in [
         (out.up_u, model.up_u),
         (out.up_ul, model.up_ul),
         (out.dn_u, model.dn_u),
         (out.dn_ul, model.dn_ul),
-    ]
-    for dst_levels, src_levels in pairs:
+    ]:
         for dst_blocks, src_blocks in zip(dst_levels, src_levels, strict=True):
             for d, s in zip(dst_blocks, src_blocks, strict=True):
-                wa = _np(s.conv_a.weight())
-                e = _weight_exps(_channel_max(wa, 0))
+                wa = s.conv_a.weight().double()
+                e = _exps(wa, 0)
                 if s.nin is not None:
-                    e = np.minimum(e, _weight_exps(_channel_max(_np(s.nin.weight()), 0)))
-                    conv(d.nin, s.nin, e=e)
-                conv(d.conv_a, s.conv_a, e=e)
-                conv(d.conv_b, s.conv_b)
+                    wn = s.nin.weight().double()
+                    e = np.minimum(e, _exps(wn, 0))
+                    add(d.nin, s.nin, e=e, w=wn)
+                add(d.conv_a, s.conv_a, e=e, w=wa)
+                add(d.conv_b, s.conv_b)
     for dst, src in zip(
         [*out.down_u, *out.down_ul, *out.deconv_u, *out.deconv_ul],
         [*model.down_u, *model.down_ul, *model.deconv_u, *model.deconv_ul],
         strict=True,
     ):
-        conv(dst, src)
-    _put_output(out, model)
-    tables = {"elu": elu_table(), "sigmoid": sigmoid_table(), **qd.build_tables()}
-    for name in _TABLES:
-        setattr(out, f"t_{name}", torch.from_numpy(tables[name].astype(np.int32)))
-    return out.eval()
+        add(dst, src)
+    plans.append(_output_plan(out, model))
+    return plans
 
 
-def _put_output(out: IntPixelCNNpp, model: PixelCNNpp) -> None:
+def _output_plan(out: IntPixelCNNpp, model: PixelCNNpp) -> LayerPlan:
     """The output nin, rows mapped to the integer mixture's parameter formats: logits,
     means in pixel units (x 127.5), log-scales in pixel units (+ ln 127.5), raw coupling
     coefficients; each with its own fractional bits."""
     cfg = model.config
     m, c = cfg.nr_logistic_mix, cfg.channels
     block = 3 if c == 3 else 2
-    w, b = _np(model.out.weight()), _np(model.out.b)
-    frac = np.full(len(b), qd.LOGIT_FRAC, dtype=np.int64)
+    w, b = model.out.weight().double(), model.out.b.double()
+    n = len(b)
+    frac = np.full(n, qd.LOGIT_FRAC, dtype=np.int64)
+    row_scale, bias_shift = np.ones(n), np.zeros(n)
     for ch in range(c):
         at = m + ch * block * m
         mean, ls = slice(at, at + m), slice(at + m, at + 2 * m)
-        w[mean] *= 127.5
-        b[mean] *= 127.5
+        row_scale[mean] = 127.5
         frac[mean] = qd.MEAN_FRAC
-        b[ls] += math.log(127.5)
+        bias_shift[ls] = math.log(127.5)
         frac[ls] = qd.LOG_SCALE_FRAC
         if block == 3:
             frac[at + 2 * m : at + 3 * m] = qd.COEF_IN_FRAC
-    e = _weight_exps(_channel_max(w, 0))
-    _put(out.out, w, b, e, ACT_FRAC, frac, 0, float(ACT_MAX))
+    rs = torch.from_numpy(row_scale).to(w.device)
+    w = w * rs.unsqueeze(1)
+    b = b * rs + torch.from_numpy(bias_shift).to(w.device)
+    return LayerPlan(out.out, w, b, _exps(w, 0), ACT_FRAC, float(ACT_MAX), frac, 0)
+
+
+def integer_skeleton(model: PixelCNNpp) -> IntPixelCNNpp:
+    """An integer model of ``model``'s sizes, with the tables and zero weights."""
+    cfg = model.config
+    if cfg.nr_logistic_mix > MAX_MIX:
+        raise ValueError(f"nr_logistic_mix {cfg.nr_logistic_mix} > {MAX_MIX}")
+    out = IntPixelCNNpp(
+        IntPixelCNNppConfig(cfg.channels, cfg.nr_resnet, cfg.nr_filters, cfg.nr_logistic_mix)
+    )
+    tables = {"elu": elu_table(), "sigmoid": sigmoid_table(), **qd.build_tables()}
+    for name in _TABLES:
+        setattr(out, f"t_{name}", torch.from_numpy(tables[name].astype(np.int32)))
+    return out
+
+
+@torch.no_grad()
+def from_float(model: PixelCNNpp) -> IntPixelCNNpp:
+    """The integer model of a trained float PixelCNN++ (post-training quantization: 16-bit
+    weights with a power-of-two scale per output channel, activations at ACT_FRAC bits)."""
+    out = integer_skeleton(model)
+    for plan in layer_plans(model, out):
+        plan.put()
+    return out.eval()

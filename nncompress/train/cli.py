@@ -314,6 +314,13 @@ def _model_config(
     "an H200, after ~100 s of compiling (counted in the time budget).",
 )
 @click.option(
+    "--quantize",
+    is_flag=True,
+    help="Quantization-aware training (PixelCNN++): the loss and validation run through the "
+    "integer network the export codes with (float64, straight-through gradients; slower). "
+    "Use it to fine-tune (--init) a trained model.",
+)
+@click.option(
     "--autocast/--no-autocast",
     default=True,
     show_default=True,
@@ -398,6 +405,7 @@ def train(
     seed,
     device,
     compile_,
+    quantize,
     autocast,
     threads,
     weights_dtype,
@@ -476,6 +484,7 @@ def train(
         seed=seed,
         device=device,
         compile=compile_,
+        quantize=quantize,
         autocast=autocast,
         threads=threads or None,
         weights_dtype=weights_dtype,

@@ -113,6 +113,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
     compile: bool = False  # torch.compile the training forward/backward
     autocast: bool = True  # bf16 autocast on CUDA (fp32 always on CPU)
+    quantize: bool = False  # quantization-aware: train through the integer network (quant.qat)
     threads: int | None = None  # CPU intra-op threads during the run; None: torch's setting
     weights_dtype: str = "auto"  # storage of the export: auto, float32, float16, bfloat16
     log_path: str | None = None  # JSON log of the curve
@@ -330,12 +331,23 @@ class _BitsLoss(nn.Module):
     """x: (B, C, H, W) uint8 -> scalar mean negative log-likelihood, bits per subpixel.
     A module so that DistributedDataParallel and torch.compile can wrap it."""
 
-    def __init__(self, model: LikelihoodModel) -> None:
+    def __init__(self, model: LikelihoodModel, quantize: bool = False) -> None:
         super().__init__()
         self.model = model
+        # The integer network that the export codes with, with straight-through gradients.
+        self.net = quantized(model) if quantize else model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -self.model.log_prob(x).float().mean() / LN2
+        return -self.net.log_prob(x).float().mean() / LN2
+
+
+def quantized(model: LikelihoodModel) -> nn.Module:
+    """quant.qat.QuantizedForward of a PixelCNN++ (its log_prob is the loss's)."""
+    from ..quant.qat import QuantizedForward
+
+    if model.family != "pixelcnnpp":
+        raise NncError(f"--quantize trains PixelCNN++ models only, not {model.family}")
+    return QuantizedForward(model)
 
 
 def _stderr_log(message: str) -> None:
@@ -426,7 +438,9 @@ class _Run:
             self._restore(self.ckpt, data_seed)
         elif d.world > 1:
             torch.manual_seed(_derived_seed(cfg.seed, d.rank, 1))  # own dropout per rank
-        self.loss_fn: nn.Module = _BitsLoss(self.model)
+        self.loss_fn: nn.Module = _BitsLoss(self.model, cfg.quantize)
+        # Validation scores what the export will code: the integer network of the EMA.
+        self.val_net = quantized(self.ema) if cfg.quantize else self.ema
         if d.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -434,7 +448,9 @@ class _Run:
             self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
-        self.autocast = torch.bfloat16 if device.type == "cuda" and cfg.autocast else None
+        # The integer network runs in float64 (exact integers): no bf16 there.
+        use_bf16 = device.type == "cuda" and cfg.autocast and not cfg.quantize
+        self.autocast = torch.bfloat16 if use_bf16 else None
         self.val_batch = cfg.val_batch or max(1, 2 * cfg.batch * self.crop**2 // self.tile**2)
         self.last_ckpt: str | None = None
         self.ckpt_step = self.step if self.ckpt is not None else -1  # step of the last write
@@ -751,7 +767,7 @@ class _Run:
         # read ~0.02 bits/subpixel high for pixelcnnpp-photo (photos/val: 2.3625 at step 14000,
         # 2.3430 in fp32 at the end, 185 steps later with the learning rate near zero).
         return evaluate_bpd(
-            self.ema, self.val_tiles, self.val_batch, None, self.d.rank, self.d.world
+            self.val_net, self.val_tiles, self.val_batch, None, self.d.rank, self.d.world
         )
 
     def _record(self, entry: dict[str, Any]) -> None:
