@@ -12,6 +12,7 @@ FAMILIES: dict[str, str] = {
     "histogram": ".histogram:HistogramModel",
     "histogram-int": "..quant.histogram:IntHistogram",
     "made": ".made:MADE",
+    "made-int": "..quant.made:IntMADE",
     "pixelcnnpp": ".pixelcnnpp:PixelCNNpp",
     "pixelcnnpp-int": "..quant.pixelcnnpp:IntPixelCNNpp",
 }

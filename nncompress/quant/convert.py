@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..models.base import LikelihoodModel
 
 #: Float families with an integer path (post-training conversion).
-INTEGER_FAMILIES = ("pixelcnnpp", "histogram")
+INTEGER_FAMILIES = ("pixelcnnpp", "histogram", "made")
 
 
 def to_integer(model: LikelihoodModel) -> LikelihoodModel:
@@ -21,6 +21,10 @@ def to_integer(model: LikelihoodModel) -> LikelihoodModel:
         from .histogram import from_float as hist_from_float
 
         return hist_from_float(model)
+    if model.family == "made":
+        from .made import from_float as made_from_float
+
+        return made_from_float(model)
     raise ValueError(f"no integer path for model family {model.family!r} yet")
 
 
