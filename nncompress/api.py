@@ -325,7 +325,7 @@ def _require_integer(lm: LoadedModel) -> None:
         raise ModelMismatchError(
             f"model {lm.name!r} ({lm.family}) uses float arithmetic, whose files would decode "
             "only on the machine that wrote them; use an integer model (nncompress models "
-            "lists them; `nncompress quantize` converts a trained PixelCNN++)"
+            "lists them; `nncompress quantize` converts a trained PixelCNN++, MADE or histogram)"
         )
 
 

@@ -834,7 +834,7 @@ def info(files, as_json) -> None:
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing output.")
 @_handle_errors
 def quantize(model, output, force) -> None:
-    """Convert a trained float model (PixelCNN++, histogram) to the integer model that codes
+    """Convert a trained float model (PixelCNN++, MADE, histogram) to the integer model that codes
     files: 16-bit weights, fixed-point activations, tables in the file (FORMAT.md)."""
     from . import api
     from .quant.convert import INTEGER_FAMILIES, integer_path, write_integer_model

@@ -321,7 +321,9 @@ class IntPixelCNNpp(LikelihoodModel):
             w = layer.w.long()
             k = w[0].numel() if not isinstance(layer, IntDeconv) else w[:, 0].numel()
             in_max = 255 if layer in first else ACT_MAX
-            bound = k * in_max * int(w.abs().max()) + int(layer.b.abs().max())
+            # In float64: abs of int64's most negative value overflows.
+            b_max = float(layer.b.double().abs().max())
+            bound = k * in_max * int(w.abs().max()) + b_max
             if 4 * bound >= EXACT_LIMIT:  # 4: a second, summed layer (see _put)
                 return f"layer {name}: its accumulator may not be exact in float64"
         return qd.tables_problem(self._tables())
