@@ -116,3 +116,189 @@ def test_shipped_small_model_payload_is_pinned():
     im = random_image("RGB", 40, 36, seed=9)
     data = api.compress(im, SMALL, "cpu", tile=32)
     assert _payload_digest(data) == SMALL_DIGEST
+
+
+# ----------------------------------------------------------------------------------------
+# The coding tables: the code before the fast path, as the reference
+
+
+def _ref_take(table, x, lo, hi):
+    return table.take(x.clamp(lo, hi) - lo)
+
+
+def _ref_tables(t: dict[str, torch.Tensor], channels: int, m: int, params, prev):
+    """g (N, 256) per channel, as quant.distributions computed them before the fast path
+    (int64 throughout; t: the tables as int64)."""
+    sig_max, sig_frac, z_shift = qd.SIG_MAX, qd.SIG_FRAC, qd._Z_SHIFT
+
+    def components(mean, log_scale):
+        edges = (torch.arange(1, 256) - 128) << qd.MEAN_FRAC
+        inv = _ref_take(t["inv_scale"], log_scale, qd.LOG_SCALE_LO, qd.LOG_SCALE_HI)
+        z = ((edges - mean.unsqueeze(2)) * inv.unsqueeze(2) + (1 << (z_shift - 1))) >> z_shift
+        cdf = _ref_take(t["sigmoid"], z, -sig_max, sig_max)
+        lo = torch.zeros_like(cdf[..., :1])
+        full = torch.cat([lo, cdf, lo + (1 << sig_frac)], 2)
+        return full[..., 1:] - full[..., :-1]
+
+    def frequencies(weights, pmfs):
+        mix = (weights.unsqueeze(2) * pmfs).sum(1)
+        total = weights.sum(1, keepdim=True) << sig_frac
+        g = torch.div(mix * qd.G_TOTAL, total, rounding_mode="floor")
+        rem = qd.G_TOTAL - g.sum(1, keepdim=True)
+        first_max = mix.argmax(1, keepdim=True)
+        return g + (torch.arange(256) == first_max) * rem
+
+    def weights(lw):
+        return _ref_take(t["exp"], lw.amax(1, keepdim=True) - lw, 0, qd.EXP_MAX)
+
+    p = params.long()
+    n, block = p.shape[0], (3 if channels == 3 else 2)
+    blocks = p[:, m:].reshape(n, channels, block, m)
+    lw, means, log_scales = p[:, :m], blocks[:, :, 0], blocks[:, :, 1]
+    if channels == 3:
+        coefs = _ref_take(t["tanh"], blocks[:, :, 2], -qd.COEF_MAX, qd.COEF_MAX)
+    out, comp = [], None
+    for c in range(channels):
+        if c == 0:
+            mean = means[:, 0]
+        else:
+            x = prev[:, c - 1 : c]
+            b = comp.gather(2, x.unsqueeze(1).expand(-1, m, 1)).squeeze(2)
+            lw = lw + t["log"].take(b)
+            s0 = 2 * prev[:, 0:1] - 255
+            acc = (
+                coefs[:, 0] * s0
+                if c == 1
+                else coefs[:, 1] * s0 + coefs[:, 2] * (2 * prev[:, 1:2] - 255)
+            )
+            shift = qd.COEF_FRAC + 1 - qd.MEAN_FRAC
+            mean = means[:, c] + ((acc + (1 << (shift - 1))) >> shift)
+        comp = components(mean.clamp(-qd.MEAN_MAX, qd.MEAN_MAX), log_scales[:, c])
+        out.append(frequencies(weights(lw), comp))
+    return out
+
+
+def _forged_tables(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Tables that pass the load-time checks (quant.distributions.tables_problem) but are
+    nothing like the built ones: a sigmoid that is monotone but starts above 0 and ends
+    below 2^16 with long flat runs, inverse scales up to 2^28 - 1, and so on."""
+    sizes = _sizes()
+    steps = rng.integers(0, 3, sizes["sigmoid"]) * (rng.random(sizes["sigmoid"]) < 0.3)
+    sig = np.minimum(np.cumsum(steps) + 17, 2**16 - 5)
+    return {
+        "sigmoid": sig,
+        "inv_scale": rng.integers(1, 2**28, sizes["inv_scale"]),
+        "exp": np.concatenate([[2**16], rng.integers(0, 2**16 + 1, sizes["exp"] - 1)]),
+        "log": rng.integers(-(2**20), 1, sizes["log"]),
+        "tanh": rng.integers(-(2**15), 2**15 + 1, sizes["tanh"]),
+        "elu": rng.integers(-(2**13), 1, sizes["elu"]),
+    }
+
+
+def _extreme_params(rng: np.random.Generator, n: int, channels: int, m: int) -> torch.Tensor:
+    """Parameters over and beyond every clamp: logits +-2^24, means +-2^20, log-scales
+    around both ends of the table and beyond, coefficients beyond +-COEF_MAX."""
+    block = 3 if channels == 3 else 2
+    p = np.empty((n, m * (1 + block * channels)), dtype=np.float64)
+    p[:, :m] = rng.integers(-(2**24), 2**24, (n, m))
+    p[: n // 4, :m] = rng.integers(-2000, 2000, (n // 4, m))  # close logits: mixed weights
+    for c in range(channels):
+        at = m + c * block * m
+        p[:, at : at + m] = rng.integers(-(2**20), 2**20, (n, m))
+        p[: n // 2, at : at + m] = rng.integers(-(2**15), 2**15, (n // 2, m))
+        lo, hi = qd.LOG_SCALE_LO, qd.LOG_SCALE_HI
+        p[:, at + m : at + 2 * m] = rng.integers(lo - 3000, hi + 3000, (n, m))
+        if block == 3:
+            p[:, at + 2 * m : at + 3 * m] = rng.integers(-2 * qd.COEF_MAX, 2 * qd.COEF_MAX, (n, m))
+    return torch.from_numpy(p)
+
+
+@pytest.mark.parametrize("forged", [False, True])
+@pytest.mark.parametrize("channels,m", [(3, 1), (3, 5), (1, 10), (3, 64)])
+def test_coding_tables_equal_the_plain_int64_arithmetic(forged, channels, m):
+    rng = np.random.default_rng(100 + m + channels + 7 * forged)
+    if forged:
+        tables = _forged_tables(rng)
+        assert qd.tables_problem({k: torch.from_numpy(v) for k, v in tables.items()}) is None
+    else:
+        tables = {"elu": elu_table(), "sigmoid": sigmoid_table(), **qd.build_tables()}
+    t = {k: torch.from_numpy(np.asarray(v)).long() for k, v in tables.items()}
+    dist = qd.IntegerLogisticMixture(channels, m, {k: v.int() for k, v in t.items()})
+    n = 300
+    params = _extreme_params(rng, n, channels, m)
+    prev = torch.from_numpy(rng.integers(0, 256, (n, channels)))
+    prev[:20] = 0
+    prev[20:40] = 255
+    want = _ref_tables(t, channels, m, params, prev)
+    state = dist.coding_state(torch.device("cpu"))
+    for c in range(channels):
+        got = dist.coding_pmf(params, c, prev, state)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, want[c]), c
+        assert (got >= 0).all() and (got.sum(1) == qd.G_TOTAL).all()
+    # A second pixel through the same state (its buffers reused) and a smaller batch.
+    for rows in (slice(None), slice(0, 7)):
+        params2 = _extreme_params(rng, n, channels, m)[rows]
+        want2 = _ref_tables(t, channels, m, params2, prev[rows])
+        for c in range(channels):
+            assert torch.equal(dist.coding_pmf(params2, c, prev[rows], state), want2[c])
+
+
+def test_mixture_frequencies_ties_and_extremes():
+    """Ties for the largest mass (the remainder goes to the first), all the mass in one
+    bin, the largest weights of the largest mixtures."""
+    from nncompress.quant.distributions import frequencies, mixture_frequencies
+
+    rng = np.random.default_rng(5)
+    n, m = 64, 64
+    steps = rng.integers(0, 2, (n, m, 256)) * rng.integers(0, 600, (n, m, 256))
+    steps[:8] = 0
+    steps[:8, :, 100] = 2**16  # one bin
+    steps[8:16, :, :] = 256  # 256 equal bins: every mix_j ties
+    cdf = np.concatenate([np.zeros((n, m, 1)), np.cumsum(steps, 2)], 2)
+    cdf = np.minimum(cdf, 2**16)
+    cdf[..., -1] = 2**16
+    w = rng.integers(0, 2**16 + 1, (n, m))
+    w[:, 0] = 2**16
+    w[16:24] = 2**16
+    cdf_t, w_t = torch.from_numpy(cdf), torch.from_numpy(w)
+    pmfs = (cdf_t[..., 1:] - cdf_t[..., :-1]).long()
+    assert torch.equal(mixture_frequencies(w_t, cdf_t), frequencies(w_t, pmfs))
+
+
+def _boundary_params(rng: np.random.Generator, channels: int, m: int, inv: np.ndarray):
+    """Parameters whose channel-0 means put the logistic's argument at some inner edge j
+    exactly on a rounding boundary, or one below it: (256 j - 32768 - mean) inv + 2^19 is
+    0 or -1 modulo 2^20 (random values almost never are)."""
+    block = 3 if channels == 3 else 2
+    rows = []
+    lo = qd.LOG_SCALE_LO
+    while len(rows) < 64:
+        ls = int(rng.integers(lo, qd.LOG_SCALE_HI + 1))
+        j = int(rng.integers(1, 256))
+        mean = np.arange(-qd.MEAN_MAX, qd.MEAN_MAX + 1, dtype=np.int64)
+        r = ((256 * j - 32768 - mean) * int(inv[ls - lo]) + 2**19) % 2**20
+        hits = mean[(r == 0) | (r == 2**20 - 1)]
+        if not len(hits):
+            continue
+        p = np.zeros(m * (1 + block * channels))
+        p[:m] = rng.integers(-3000, 3000, m)
+        p[m : 2 * m] = rng.choice(hits, m)
+        p[2 * m : 3 * m] = ls
+        rows.append(p)
+    return torch.from_numpy(np.stack(rows))
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_coding_tables_at_rounding_boundaries(channels):
+    rng = np.random.default_rng(77)
+    tables = {"elu": elu_table(), "sigmoid": sigmoid_table(), **qd.build_tables()}
+    t = {k: torch.from_numpy(np.asarray(v)).long() for k, v in tables.items()}
+    m = 4
+    dist = qd.IntegerLogisticMixture(channels, m, {k: v.int() for k, v in t.items()})
+    params = _boundary_params(rng, channels, m, tables["inv_scale"])
+    prev = torch.from_numpy(rng.integers(0, 256, (len(params), channels)))
+    want = _ref_tables(t, channels, m, params, prev)
+    state = dist.coding_state(torch.device("cpu"))
+    for c in range(channels):
+        assert torch.equal(dist.coding_pmf(params, c, prev, state), want[c]), c

@@ -98,11 +98,45 @@ def frequencies(weights: torch.Tensor, pmfs: torch.Tensor | None = None) -> torc
     return g + (symbols == first_max) * rem
 
 
+def mixture_frequencies(weights: torch.Tensor, cdfs: torch.Tensor) -> torch.Tensor:
+    """``frequencies(weights, pmfs)`` for the components' CDFs (N, M, 257) float64 (the
+    pmfs are their differences along the last axis): the same integers, in fewer passes
+    and all in exact float64.
+
+    The mixture's CDF sum_m w_m cdf_m is one batched product (w_m <= 2^EXP_FRAC, cdf <=
+    2^SIG_FRAC, M <= 64: every partial sum is an integer below 2^38), mix its differences.
+    With W = sum_m w_m, floor(mix G_TOTAL / (W 2^16)) = floor(q / W) for q = floor(mix
+    G_TOTAL / 2^16) = 256 mix - ceil(mix / 256) (G_TOTAL = 2^24 - 2^8), an integer below
+    2^46: its float64 quotient by W rounds to within W q 2^-53 < 1 / W of q / W, so never
+    across an integer, and its floor is the integer quotient."""
+    mix_cdf = torch.bmm(weights.double().unsqueeze(1), cdfs).squeeze(1)  # (N, 257)
+    mix = mix_cdf[:, 1:] - mix_cdf[:, :-1]
+    q = torch.mul(mix, 2.0**-8).ceil_().neg_().add_(mix, alpha=256)
+    g = q.div_(weights.sum(1, keepdim=True).double()).floor_()
+    return _add_remainder(g.long(), mix.long())
+
+
+def _add_remainder(g: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """g (N, 256) int64 plus, at the first largest mix_j of each row, G_TOTAL - sum g."""
+    rem = G_TOTAL - g.sum(1, keepdim=True)
+    first_max = mix.argmax(1, keepdim=True)
+    if not g.is_cuda:
+        return g.scatter_add_(1, first_max, rem)
+    # Not scatter_add_: CUDA's deterministic mode has no plain kernel for it.
+    symbols = torch.arange(mix.shape[1], device=mix.device)
+    return g.add_((symbols == first_max) * rem)
+
+
 class _Tables:
     """The model's tables on one device (int64)."""
 
     def __init__(self, tables: dict[str, torch.Tensor]) -> None:
         self.t = {k: v.long() for k, v in tables.items()}
+        if "sigmoid" in self.t:
+            # SIG followed by the CDF's values below and above every edge (float64).
+            sig = self.t["sigmoid"]
+            ends = torch.tensor([0, 1 << SIG_FRAC], dtype=sig.dtype).to(sig.device)
+            self.cdf_table = torch.cat([sig, ends]).double()
 
     def softmax_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, K) int64 logits -> EXP[max - logit] (N, K), the max getting 2^EXP_FRAC."""
@@ -151,25 +185,48 @@ class IntegerLogisticMixture(Distribution):
         self._t = _Tables(tables)
 
     def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
-        edges = (torch.arange(1, NUM_SYMBOLS, device=device) - 128) << MEAN_FRAC
-        return {"edges": edges}
+        # The inner bin edges' numbers j = 1..255 (edge j - 128 in pixel units), float64.
+        return {"j": torch.arange(1, NUM_SYMBOLS, dtype=torch.float64, device=device)}
 
-    def _components(self, mean: torch.Tensor, log_scale: torch.Tensor, edges: torch.Tensor):
-        """mean, log_scale (N, M) int64 -> (N, M, 256) int64 bin masses summing to
-        2^SIG_FRAC: differences of SIG at the edges, 0 below the first, 2^SIG_FRAC above."""
+    def _cdfs(self, mean: torch.Tensor, log_scale: torch.Tensor, state: dict) -> torch.Tensor:
+        """mean, log_scale (N, M) int64 -> (N, M, 257) float64 (integer-valued): each
+        component's CDF at the 257 bin edges, SIG at the 255 inner ones, 0 below the first
+        and 2^SIG_FRAC above the last; component m's mass of bin v is cdf[v + 1] - cdf[v].
+
+        The logistic's argument at inner edge j, clamped and offset into SIG, is
+        ``clamp(round_shift((256 j - 32768 - mean) * inv, _Z_SHIFT) + SIG_MAX, 0, 2 SIG_MAX)``
+        = ``clamp(floor((a + j b) / 2^_Z_SHIFT), 0, 2 SIG_MAX)`` with a = 2^(_Z_SHIFT - 1)
+        + SIG_MAX 2^_Z_SHIFT - (32768 + mean) inv and b = 256 inv: |a + j b| < 2^47, so
+        float64 gives it exactly (the scaling by 2^-_Z_SHIFT is exact), and for a clamped,
+        hence non-negative, value truncation to an integer is the floor. The outer edges
+        index two entries appended to SIG: 0 and 2^SIG_FRAC."""
+        n, m = mean.shape
+        buf = state.get("cdf_buffers")
+        if buf is None or buf[0].shape != (n, m, NUM_SYMBOLS + 1):
+            z = torch.empty(n, m, NUM_SYMBOLS + 1, dtype=torch.float64, device=mean.device)
+            z[..., 0] = 2 * SIG_MAX + 1
+            z[..., NUM_SYMBOLS] = 2 * SIG_MAX + 2
+            idx = torch.empty(z.shape, dtype=torch.int32, device=mean.device)
+            buf = state["cdf_buffers"] = (z, idx, torch.empty_like(z))
+        z, idx, cdf = buf
         inv = _take(self._t.t["inv_scale"], log_scale, LOG_SCALE_LO, LOG_SCALE_HI)
-        z = _round_shift((edges - mean.unsqueeze(2)) * inv.unsqueeze(2), _Z_SHIFT)
-        cdf = _take(self._t.t["sigmoid"], z, -SIG_MAX, SIG_MAX)  # (N, M, 255)
-        lo = torch.zeros_like(cdf[..., :1])
-        full = torch.cat([lo, cdf, lo + (1 << SIG_FRAC)], 2)
-        return full[..., 1:] - full[..., :-1]
+        a = ((SIG_MAX << _Z_SHIFT) + (1 << (_Z_SHIFT - 1))) - (mean + (128 << MEAN_FRAC)) * inv
+        a = a.double().mul_(2.0**-_Z_SHIFT).unsqueeze(2)
+        b = inv.double().mul_(2.0 ** (MEAN_FRAC - _Z_SHIFT)).unsqueeze(2)
+        inner = z[..., 1:NUM_SYMBOLS]
+        torch.addcmul(a, state["j"], b, out=inner)
+        inner.clamp_(0, 2 * SIG_MAX)
+        idx.copy_(z)
+        return torch.index_select(self._t.cdf_table, 0, idx.view(-1), out=cdf.view(-1)).view(
+            z.shape
+        )
 
     def coding_pmf(
         self, params: torch.Tensor, c: int, prev: torch.Tensor, state: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """params (N, P) integer-valued; prev (N, C) int64 (columns < c decoded) -> g
         (N, 256) int64 for channel c. ``state`` carries the pixel's unpacked parameters,
-        posterior log-weights and the last channel's component masses."""
+        posterior log-weights and the last channel's component CDFs."""
         m = self.nr_mix
         if c == 0:
             p = params.long()
@@ -182,9 +239,10 @@ class IntegerLogisticMixture(Distribution):
                 state["coefs"] = _take(self._t.t["tanh"], blocks[:, :, 2], -COEF_MAX, COEF_MAX)
             mean = state["means"][:, 0]
         else:
-            x = prev[:, c - 1 : c]  # (N, 1)
-            comp = state["components"]
-            b = comp.gather(2, x.unsqueeze(1).expand(-1, m, 1)).squeeze(2)
+            # The components' masses of the previous channel's value x: cdf[x + 1] - cdf[x].
+            x = prev[:, c - 1 : c].unsqueeze(1).expand(-1, m, 1)  # (N, M, 1)
+            cdf = state["cdf"]
+            b = (cdf.gather(2, x + 1) - cdf.gather(2, x)).squeeze(2).long()
             state["lw"] = state["lw"] + self._t.t["log"].take(b)
             coefs = state["coefs"]
             # Coupling in pixel units: mean + coef * (x - 127.5) = mean + coef (2x - 255) / 2.
@@ -195,9 +253,9 @@ class IntegerLogisticMixture(Distribution):
                 acc = coefs[:, 1] * s0 + coefs[:, 2] * (2 * prev[:, 1:2] - 255)
             mean = state["means"][:, c] + _round_shift(acc, COEF_FRAC + 1 - MEAN_FRAC)
         mean = mean.clamp(-MEAN_MAX, MEAN_MAX)
-        comp = self._components(mean, state["log_scales"][:, c], state["edges"])
-        state["components"] = comp
-        return frequencies(self._t.softmax_weights(state["lw"]), comp)
+        cdf = self._cdfs(mean, state["log_scales"][:, c], state)
+        state["cdf"] = cdf
+        return mixture_frequencies(self._t.softmax_weights(state["lw"]), cdf)
 
     def channel_pmf(self, params: torch.Tensor, c: int, prev: torch.Tensor) -> torch.Tensor:
         state = self.coding_state(params.device)
