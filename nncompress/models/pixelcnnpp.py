@@ -123,6 +123,26 @@ class ConvStep:
         """weight: (Cout, Cin, kh, kw), bias: (Cout,), both effective (detached)."""
         return ConvStep(_window_matrix(weight), bias, weight.shape[3], stride, post)
 
+    @property
+    def exact(self) -> bool:
+        """The integer path: integer-valued float64 whose sums are exact in any order
+        (quant.fixed), so products may be split and summed in any way."""
+        return self.post is not None
+
+    def ring_taps(self, cin: int) -> torch.Tensor:
+        """The integer path's weights for whole ring cells of ``cin`` channels per slot
+        (see ShiftedConv2d.step_row), computed once: (2, kh*Cin, kw*Cout), entry [f, s*Cin
+        + ci, e*Cout + o] the weight of channel ci of slot s at kernel column e, where slot
+        s holds kernel row s (f = 0: the top row in slot 0) or kh - 1 - s (f = 1)."""
+        cache = self.__dict__.setdefault("_ring_taps", {})  # frozen: not via setattr
+        if cin not in cache:
+            cout = self.mat.shape[1]
+            kh = self.mat.shape[0] // (self.kw * cin)
+            w = self.mat.view(self.kw, kh, cin, cout).permute(1, 2, 0, 3)  # (kh, Cin, kw, Cout)
+            flat = [v.reshape(kh * cin, self.kw * cout) for v in (w, w.flip(0))]
+            cache[cin] = torch.stack(flat).contiguous()
+        return cache[cin]
+
     def paired(self) -> ConvStep:
         """The same conv with its outputs followed by their negations: [y, -y] (2 Cout)."""
         mat = torch.cat([self.mat, -self.mat], 1).contiguous()
@@ -197,6 +217,8 @@ class ShiftedConv2d(nn.Module):
         (kh,) picks its slots top-down (None: the slots as they are) -> (B * Wo, Cout),
         Wo = (Wp - kw) // stride + 1. One matrix product over every output's window (not a
         library convolution: same arithmetic as the pixel steps, no algorithm search)."""
+        if sw.exact:
+            return ShiftedConv2d._ring_row(sw, rows, order)
         rows = rows.index_select(2, order) if order is not None else rows.contiguous()
         b, wp, kh, cin = rows.shape
         kw, k = sw.kw, kh * cin
@@ -204,6 +226,30 @@ class ShiftedConv2d(nn.Module):
         # Output j's window is the kw columns from j * stride on, contiguous in memory.
         windows = rows.as_strided((b, wo, kw * k), (wp * k, sw.stride * k, 1))
         return torch.addmm(sw.bias, windows.reshape(b * wo, kw * k), sw.mat)
+
+    @staticmethod
+    def _ring_row(
+        sw: ConvStep,
+        rows: torch.Tensor,
+        order: torch.Tensor | None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """step_row on the integer path, where sums are exact in any order: no window
+        copies and no reordered ring. One product gives, for every ring column, its
+        contribution to each kernel column e (the slots' order is in the weights, see
+        ConvStep.ring_taps), and output j sums column j*stride + e's part e, for all e.
+        ``out``: (B, Wo, Cout), possibly a strided view, to write into."""
+        b, wp, slots, cin = rows.shape
+        taps = sw.ring_taps(cin)
+        w = taps[0] if order is None else taps.index_select(0, order[:1])[0]
+        kw, cout = sw.kw, sw.bias.shape[0]
+        y = torch.mm(rows.reshape(b * wp, slots * cin), w).view(b, wp, kw, cout)
+        wo = (wp - kw) // sw.stride + 1
+        span = sw.stride * (wo - 1) + 1
+        out = torch.add(y[:, 0 : span : sw.stride, 0], sw.bias, out=out)
+        for e in range(1, kw):
+            out += y[:, e : e + span : sw.stride, e]
+        return out.view(b * wo, cout)
 
 
 @dataclass(frozen=True)
@@ -335,6 +381,10 @@ class GatedStep:
     aux: tuple[torch.Tensor, ...]
     gate: ConvStep
     gate_pair: ConvStep
+    #: The integer path's first conv and nin blocks without the negated copies (F outputs):
+    #: there [c1, -c1] costs a negation, not twice the product (negation is exact).
+    first: ConvStep | None = None
+    aux_first: tuple[torch.Tensor, ...] = ()
 
     @staticmethod
     def of(
@@ -365,7 +415,11 @@ class GatedStep:
             gate.stride,
             _cat_post(pa, pa, pb, pb),
         )
-        return GatedStep(hidden, tuple(aux), gate, pair)
+        if post is None:
+            return GatedStep(hidden, tuple(aux), gate, pair)
+        first = ConvStep.of(w, bias, 1, post)
+        aux_first = () if nin is None else tuple(m.contiguous() for m in nin.mat.chunk(n_aux))
+        return GatedStep(hidden, tuple(aux), gate, pair, first, aux_first)
 
 
 @dataclass(frozen=True)
@@ -386,6 +440,7 @@ class GatedPixelStep:
     skip: torch.Tensor | None
     hidden_post: torch.Tensor | None
     gate_post: torch.Tensor | None
+    exact: ExactPixelStep | None = None
 
     @staticmethod
     def of(sw: GatedStep) -> GatedPixelStep:
@@ -405,6 +460,39 @@ class GatedPixelStep:
             skip,
             sw.hidden.post,
             sw.gate_pair.post,
+            ExactPixelStep.of(sw) if sw.first is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class ExactPixelStep:
+    """The integer path's weights of a ul block without negated copies: the bases then
+    hold c1's row-above part once (F values, where the float path keeps [c1, -c1]) and
+    [a, b] once (2F, for [a, -a, b, b]); the pixel path forms the pairs by negation,
+    which is exact, at a fraction of a product's cost. ``above_*``: 1 x 2 convs over a
+    node's record (the row above's cells q-1, q); ``cur_*`` (2, 2 cell, Cout) by parity
+    as ConvStep.split_rows; ``u_aux``, ``skip``: the nin blocks (2F, F)."""
+
+    above_first: ConvStep
+    above_gate: ConvStep
+    cur_first: torch.Tensor
+    cur_gate: torch.Tensor
+    u_aux: torch.Tensor
+    skip: torch.Tensor | None
+
+    @staticmethod
+    def of(sw: GatedStep) -> ExactPixelStep:
+        first, gate = sw.first, sw.gate
+        cell = first.mat.shape[0] // 4  # 2x2 kernels over cells of 2F values
+        a_first, c_first = first.split_rows(cell)
+        a_gate, c_gate = gate.split_rows(cell)
+        return ExactPixelStep(
+            ConvStep(a_first, first.bias, 2, 1, first.post),
+            ConvStep(a_gate, gate.bias, 2, 1, gate.post),
+            c_first,
+            c_gate,
+            sw.aux_first[0],
+            sw.aux_first[1] if len(sw.aux_first) > 1 else None,
         )
 
 
@@ -468,7 +556,14 @@ class GatedResnet(nn.Module):
         the row-above part with bias and u aux, overwritten (it is gathered afresh at every
         step; summing into it saves a copy per product); ``pair`` (N, 2 K) the current
         row's two input cells as the stage holds them at ``parity``; ``skip`` (N, 2F) the
-        aux input computed at this position (or None)."""
+        aux input computed at this position (or None). On the integer path ``base``'s
+        first F values are c1's part (see ExactPixelStep)."""
+        if sw.exact is not None:
+            h = base[:, : sw.exact.u_aux.shape[1]].addmm_(pair, sw.exact.cur_first[parity])
+            if skip is not None:
+                h.addmm_(skip, sw.exact.skip)
+            ar.concat_elu_into(ar.fin(h, sw.exact.above_first.post), out)
+            return
         base.addmm_(pair, sw.hidden_cur[parity])
         if skip is not None:
             base.addmm_(skip, sw.skip)
@@ -487,7 +582,16 @@ class GatedResnet(nn.Module):
         """x2 (N, 2F) the raw input as [x, -x]; base (N, 4F) the gate's row-above part,
         overwritten; pair (N, 4F) the current row's two concat_elu(c1) cells -> the output
         as [y, -y] (negation is exact, so the halves stay each other's), into ``out`` if
-        given."""
+        given. On the integer path ``base``'s first 2F values are [a, b]'s part."""
+        if sw.exact is not None:
+            f = x2.shape[1] // 2
+            g = base[:, : 2 * f].addmm_(pair, sw.exact.cur_gate[parity])
+            g = ar.fin(g, sw.exact.above_gate.post)  # [a, b]
+            if out is None:
+                out = torch.empty_like(x2)
+            ar.gate(x2[:, :f], g[:, :f], g[:, f:], out=out[:, :f])
+            torch.neg(out[:, :f], out=out[:, f:])
+            return out
         g = ar.fin(base.addmm_(pair, sw.gate_cur[parity]), sw.gate_post)  # [a, -a, b, b]
         f2 = x2.shape[1]
         return ar.gate(x2, g[:, :f2], g[:, f2:], out=out)
@@ -498,6 +602,11 @@ class GatedResnet(nn.Module):
     ) -> torch.Tensor:
         """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs, its slots top-down
         in ``order``; aux (B*W, 2F) each. Returns concat_elu(c1): (B*W, 2F)."""
+        if sw.first is not None:  # the integer path: c1 once, then [c1, -c1]
+            h = ShiftedConv2d.step_row(sw.first, rows, order)
+            for a, m in zip(aux, sw.aux_first, strict=True):
+                h.addmm_(a, m)
+            return ar.concat_elu(ar.fin(h, sw.first.post))
         h = ShiftedConv2d.step_row(sw.hidden, rows, order)
         return GatedResnet._hidden(ar, h, sw, aux)
 
@@ -724,7 +833,8 @@ class _LevelCache:
         self.u_last_raw = _new_ring(batch, wu, filters, like)
         self.u_out_raw = like.new_zeros(batch, width, filters)
         self.stage = like.new_zeros(batch, plan.nodes, 2, f2)
-        self.record = like.new_zeros(batch, plan.nodes, width + 1, f2)
+        # Stored node by node, so that one node's record is one matrix (B*(W+1), 2F).
+        self.record = like.new_zeros(plan.nodes, batch, width + 1, f2).transpose(0, 1)
         self.bases = like.new_zeros(batch, width, plan.width)
         self.base = like.new_zeros(batch, plan.width)
         self.ul_out_raw = like.new_zeros(batch, width, filters)
@@ -1167,6 +1277,9 @@ class PixelCNNppStepper(Stepper):
         the stage's previous column set to the zero padding left of column 0."""
         cache, plan, ix = self.levels[lv], self.plans[lv], self.lv_ix[lv]
         b, w = self.batch, cache.width
+        if self.ar.integer:
+            self._ul_bases_exact(lv)
+            return
 
         def base(at: slice) -> torch.Tensor:  # (B*W, n) view into the bases
             return cache.bases[:, :, at].view(b * w, -1)
@@ -1188,6 +1301,31 @@ class PixelCNNppStepper(Stepper):
             hidden.addmm_(u, sw.u_aux)
             gate = base(blk.gate)
             torch.addmm(sw.gate_bias, above(cache.record, blk.c1), sw.gate_above, out=gate)
+        cache.stage[:, :, 1].zero_()
+
+    def _ul_bases_exact(self, lv: int) -> None:
+        """_ul_bases on the integer path: the blocks' bases unpaired (see ExactPixelStep),
+        each row-above part one product over a node's whole record (ShiftedConv2d's ring
+        product, the record's columns as one-slot cells)."""
+        cache, plan, ix = self.levels[lv], self.plans[lv], self.lv_ix[lv]
+        b, w, f = self.batch, cache.width, self.filters
+        bases = cache.bases
+        if lv > 0:
+            bias, w_above, _, _ = self.w_down_ul[lv - 1]
+            below = self.levels[lv - 1].record
+            out = bases[:, :, plan.inp].view(b * w, -1)
+            torch.addmm(bias, _pairs(below[:, self.plans[lv - 1].raw], w, 2), w_above, out=out)
+        u_nodes = [(blk, cache.u_up[k + 1]) for k, blk in enumerate(plan.up)]
+        u_nodes += [(blk, cache.u_dn[d + 1]) for d, blk in enumerate(plan.down)]
+        for blk, u_ring in u_nodes:
+            ex = blk.w.exact
+            hidden = bases[:, :, blk.hidden.start : blk.hidden.start + f]
+            rec = cache.record[:, blk.inp].unsqueeze(2)  # (B, W+1, 1, 2F)
+            h = ShiftedConv2d._ring_row(ex.above_first, rec, None, out=hidden)
+            h.addmm_(_slot(u_ring, ix.slot, w).reshape(b * w, -1), ex.u_aux)
+            gate = bases[:, :, blk.gate.start : blk.gate.start + 2 * f]
+            rec = cache.record[:, blk.c1].unsqueeze(2)
+            ShiftedConv2d._ring_row(ex.above_gate, rec, None, out=gate)
         cache.stage[:, :, 1].zero_()
 
     def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:

@@ -52,9 +52,13 @@ def requant_(acc: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
 
 
 def table_lookup(table: torch.Tensor, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """table[clamp(x, lo, hi) - lo] for integer-valued x (any float or int dtype)."""
-    idx = x.clamp(lo, hi).sub_(lo).long() if x.is_floating_point() else (x.clamp(lo, hi) - lo)
-    return table.take(idx)
+    """table[clamp(x, lo, hi) - lo] for integer-valued x (any float or int dtype); table
+    1-D. (index_select with int32 indices: a gather several times faster than take.)"""
+    if x.is_floating_point():
+        idx = x.clamp(lo, hi).sub_(lo).to(torch.int32)
+    else:
+        idx = x.clamp(lo, hi) - lo
+    return table.index_select(0, idx.view(-1)).view(x.shape)
 
 
 class IntegerArithmetic:
@@ -70,6 +74,9 @@ class IntegerArithmetic:
     def __init__(self, elu: torch.Tensor, sigmoid: torch.Tensor) -> None:
         self.elu_t = elu
         self.sig_t = sigmoid
+        # SIG / 2^16, exactly (a power-of-two scaling of integers below 2^17): the gate's
+        # a * SIG[b] / 2^16 is then one exact product, a * SIG[b] being below 2^39.
+        self._sig_scaled = sigmoid * 2.0**-SIG_FRAC
 
     @staticmethod
     def pixels(v: torch.Tensor) -> torch.Tensor:
@@ -82,20 +89,27 @@ class IntegerArithmetic:
         return requant_(acc, post)
 
     def elu(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        y = table_lookup(self.elu_t, x, ELU_MIN, 0).add_(x.clamp(min=0))
-        if out is None:
-            return y
-        return out.copy_(y)
+        """ELU[clamp(x, ELU_MIN, 0) - ELU_MIN] + max(x, 0), into ``out`` if given (which
+        may be x itself)."""
+        y = table_lookup(self.elu_t, x, ELU_MIN, 0)
+        return torch.add(y, x.clamp(min=0), out=out)
 
     def concat_elu(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         return self.elu(torch.cat([x, -x], dim))
 
+    def concat_elu_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """concat_elu(x) (N, 2C) of x (N, C), into ``out``."""
+        c = x.shape[1]
+        torch.neg(x, out=out[:, c:])
+        out[:, :c].copy_(x)
+        return self.elu(out, out=out)
+
     def gate(
         self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """clamp(x + round(a * SIG[b] / 2^16))."""
-        s = table_lookup(self.sig_t, b, -SIG_MAX, SIG_MAX)
-        y = s.mul_(a).mul_(2.0**-SIG_FRAC).round_().add_(x).clamp_(-ACT_MAX, ACT_MAX)
+        """clamp(x + round(a * SIG[b] / 2^16)), into ``out`` if given."""
+        s = table_lookup(self._sig_scaled, b, -SIG_MAX, SIG_MAX)
+        y = s.mul_(a).round_().add_(x)
         if out is None:
-            return y
-        return out.copy_(y)
+            return y.clamp_(-ACT_MAX, ACT_MAX)
+        return torch.clamp(y, -ACT_MAX, ACT_MAX, out=out)
