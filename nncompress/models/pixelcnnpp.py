@@ -133,6 +133,16 @@ class ConvStep:
         (quant.fixed), so products may be split and summed in any way."""
         return self.post is not None
 
+    @property
+    def bias_post(self) -> torch.Tensor:
+        """The integer path's bias times 2^-k (exact): requant(acc + bias) is
+        clamp(round(acc 2^-k + bias 2^-k)) with one exact addcmul (see
+        IntegerArithmetic.fin_bias), so products can leave the bias out."""
+        cache = self.__dict__
+        if "_bias_post" not in cache:
+            cache["_bias_post"] = self.bias * self.post
+        return cache["_bias_post"]
+
     def ring_taps(self, cin: int) -> torch.Tensor:
         """The integer path's weights for whole ring cells of ``cin`` channels per slot
         (see ShiftedConv2d.step_row), computed once: (2, kh*Cin, kw*Cout), entry [f, s*Cin
@@ -237,12 +247,14 @@ class ShiftedConv2d(nn.Module):
         rows: torch.Tensor,
         order: torch.Tensor | None,
         out: torch.Tensor | None = None,
+        bias: bool = True,
     ) -> torch.Tensor:
         """step_row on the integer path, where sums are exact in any order: no window
         copies and no reordered ring. One product gives, for every ring column, its
         contribution to each kernel column e (the slots' order is in the weights, see
         ConvStep.ring_taps), and output j sums column j*stride + e's part e, for all e.
-        ``out``: (B, Wo, Cout), possibly a strided view, to write into."""
+        ``out``: (B, Wo, Cout), possibly a strided view, to write into; ``bias``: False
+        leaves the bias out (for IntegerArithmetic.fin_bias)."""
         b, wp, slots, cin = rows.shape
         taps = sw.ring_taps(cin)
         w = taps[0] if order is None else taps.index_select(0, order[:1])[0]
@@ -250,8 +262,13 @@ class ShiftedConv2d(nn.Module):
         y = torch.mm(rows.reshape(b * wp, slots * cin), w).view(b, wp, kw, cout)
         wo = (wp - kw) // sw.stride + 1
         span = sw.stride * (wo - 1) + 1
-        out = torch.add(y[:, 0 : span : sw.stride, 0], sw.bias, out=out)
-        for e in range(1, kw):
+        first, second = y[:, 0 : span : sw.stride, 0], y[:, 1 : 1 + span : sw.stride, 1]
+        if bias:
+            out = torch.add(first, sw.bias, out=out)
+            out += second
+        else:
+            out = torch.add(first, second, out=out)
+        for e in range(2, kw):
             out += y[:, e : e + span : sw.stride, e]
         return out.view(b * wo, cout)
 
@@ -614,10 +631,10 @@ class GatedResnet(nn.Module):
         """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs, its slots top-down
         in ``order``; aux (B*W, 2F) each. Returns concat_elu(c1): (B*W, 2F)."""
         if sw.first is not None:  # the integer path: c1 once, then [c1, -c1]
-            h = ShiftedConv2d.step_row(sw.first, rows, order)
+            h = ShiftedConv2d._ring_row(sw.first, rows, order, bias=False)
             for a, m in zip(aux, sw.aux_first, strict=True):
                 h.addmm_(a, m)
-            return ar.concat_elu(ar.fin(h, sw.first.post))
+            return ar.concat_elu(ar.fin_bias(h, sw.first.post, sw.first.bias_post))
         h = ShiftedConv2d.step_row(sw.hidden, rows, order)
         return GatedResnet._hidden(ar, h, sw, aux)
 
@@ -626,6 +643,10 @@ class GatedResnet(nn.Module):
         ar, sw: GatedStep, x: torch.Tensor, rows: torch.Tensor, order: torch.Tensor
     ) -> torch.Tensor:
         """x: (B*W, F) raw input row; rows: (B, W+2, 2, 2F) ring of concat_elu(c1)."""
+        if sw.first is not None:  # the integer path
+            g = ShiftedConv2d._ring_row(sw.gate, rows, order, bias=False)
+            a, b = ar.fin_bias(g, sw.gate.post, sw.gate.bias_post).chunk(2, dim=1)
+            return ar.gate(x, a, b)
         return GatedResnet._gate(ar, x, sw, ShiftedConv2d.step_row(sw.gate, rows, order))
 
 

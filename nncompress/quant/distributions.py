@@ -98,33 +98,33 @@ def frequencies(weights: torch.Tensor, pmfs: torch.Tensor | None = None) -> torc
     return g + (symbols == first_max) * rem
 
 
-def mixture_frequencies(weights: torch.Tensor, cdfs: torch.Tensor) -> torch.Tensor:
-    """``frequencies(weights, pmfs)`` for the components' CDFs (N, M, 257) float64 (the
-    pmfs are their differences along the last axis): the same integers, in fewer passes
-    and all in exact float64.
+def mixture_frequencies(
+    weights: torch.Tensor, cdfs: torch.Tensor, symbols: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``frequencies(weights, pmfs)`` for integer-valued float64 weights (N, M) and the
+    components' CDFs (N, M, 257) float64 (the pmfs are their differences along the last
+    axis): the same integers, in fewer passes and all in exact float64 (int64 out).
+    ``symbols``: arange(256) on the device, if at hand.
 
     The mixture's CDF sum_m w_m cdf_m is one batched product (w_m <= 2^EXP_FRAC, cdf <=
     2^SIG_FRAC, M <= 64: every partial sum is an integer below 2^38), mix its differences.
     With W = sum_m w_m, floor(mix G_TOTAL / (W 2^16)) = floor(q / W) for q = floor(mix
-    G_TOTAL / 2^16) = 256 mix - ceil(mix / 256) (G_TOTAL = 2^24 - 2^8), an integer below
+    G_TOTAL / 2^16) = 256 mix + floor(-mix / 256) (G_TOTAL = 2^24 - 2^8), an integer below
     2^46: its float64 quotient by W rounds to within W q 2^-53 < 1 / W of q / W, so never
     across an integer, and its floor is the integer quotient."""
-    mix_cdf = torch.bmm(weights.double().unsqueeze(1), cdfs).squeeze(1)  # (N, 257)
+    weights = weights.to(torch.float64)  # (no copy when it is)
+    mix_cdf = torch.bmm(weights.unsqueeze(1), cdfs).squeeze(1)  # (N, 257)
     mix = mix_cdf[:, 1:] - mix_cdf[:, :-1]
-    q = torch.mul(mix, 2.0**-8).ceil_().neg_().add_(mix, alpha=256)
-    g = q.div_(weights.sum(1, keepdim=True).double()).floor_()
-    return _add_remainder(g.long(), mix.long())
-
-
-def _add_remainder(g: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-    """g (N, 256) int64 plus, at the first largest mix_j of each row, G_TOTAL - sum g."""
+    q = torch.mul(mix, -(2.0**-8)).floor_().add_(mix, alpha=256)
+    g = q.div_(weights.sum(1, keepdim=True)).floor_()
     rem = G_TOTAL - g.sum(1, keepdim=True)
-    first_max = mix.argmax(1, keepdim=True)
+    first_max = mix.max(1, keepdim=True).indices  # the first largest, as argmax
     if not g.is_cuda:
-        return g.scatter_add_(1, first_max, rem)
+        return g.scatter_add_(1, first_max, rem).long()
     # Not scatter_add_: CUDA's deterministic mode has no plain kernel for it.
-    symbols = torch.arange(mix.shape[1], device=mix.device)
-    return g.add_((symbols == first_max) * rem)
+    if symbols is None:
+        symbols = torch.arange(mix.shape[1], device=mix.device)
+    return g.addcmul_(symbols == first_max, rem).long()
 
 
 class _Tables:
@@ -132,6 +132,8 @@ class _Tables:
 
     def __init__(self, tables: dict[str, torch.Tensor]) -> None:
         self.t = {k: v.long() for k, v in tables.items()}
+        # float64 copies for IntegerLogisticMixture's exact float64 arithmetic.
+        self.f = {k: v.double() for k, v in self.t.items() if k in ("inv_scale", "exp")}
         if "sigmoid" in self.t:
             # SIG followed by the CDF's values below and above every edge (float64).
             sig = self.t["sigmoid"]
@@ -142,6 +144,11 @@ class _Tables:
         """(N, K) int64 logits -> EXP[max - logit] (N, K), the max getting 2^EXP_FRAC."""
         d = logits.amax(1, keepdim=True) - logits
         return _take(self.t["exp"], d, 0, EXP_MAX)
+
+    def softmax_weights_f64(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax_weights as integer-valued float64."""
+        d = logits.amax(1, keepdim=True) - logits
+        return _take(self.f["exp"], d, 0, EXP_MAX)
 
 
 class IntegerCategorical(Distribution):
@@ -185,8 +192,14 @@ class IntegerLogisticMixture(Distribution):
         self._t = _Tables(tables)
 
     def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
-        # The inner bin edges' numbers j = 1..255 (edge j - 128 in pixel units), float64.
-        return {"j": torch.arange(1, NUM_SYMBOLS, dtype=torch.float64, device=device)}
+        return {
+            # The inner bin edges j = 1..255 as j - 128 (pixel units), float64.
+            "j": torch.arange(1 - 128, NUM_SYMBOLS - 128, dtype=torch.float64, device=device),
+            "01": torch.arange(2, device=device),
+            "symbols": torch.arange(NUM_SYMBOLS, device=device),
+            # (SIG_MAX 2^_Z_SHIFT + 2^(_Z_SHIFT - 1)) / 2^_Z_SHIFT: the offsets in _cdfs' a.
+            "a0": torch.tensor(SIG_MAX + 0.5, dtype=torch.float64, device=device),
+        }
 
     def _cdfs(self, mean: torch.Tensor, log_scale: torch.Tensor, state: dict) -> torch.Tensor:
         """mean, log_scale (N, M) int64 -> (N, M, 257) float64 (integer-valued): each
@@ -209,12 +222,13 @@ class IntegerLogisticMixture(Distribution):
             idx = torch.empty(z.shape, dtype=torch.int32, device=mean.device)
             buf = state["cdf_buffers"] = (z, idx, torch.empty_like(z))
         z, idx, cdf = buf
-        inv = _take(self._t.t["inv_scale"], log_scale, LOG_SCALE_LO, LOG_SCALE_HI)
-        a = ((SIG_MAX << _Z_SHIFT) + (1 << (_Z_SHIFT - 1))) - (mean + (128 << MEAN_FRAC)) * inv
-        a = a.double().mul_(2.0**-_Z_SHIFT).unsqueeze(2)
-        b = inv.double().mul_(2.0 ** (MEAN_FRAC - _Z_SHIFT)).unsqueeze(2)
+        inv = _take(self._t.f["inv_scale"], log_scale, LOG_SCALE_LO, LOG_SCALE_HI)  # float64
+        # With b = inv / 2^(_Z_SHIFT - MEAN_FRAC): (a + j b) / 2^_Z_SHIFT = a' + (j - 128) b
+        # for a' = SIG_MAX + 1/2 - mean b / 2^MEAN_FRAC (each term exact; see above).
+        b = inv.mul_(2.0 ** (MEAN_FRAC - _Z_SHIFT))
+        a = torch.addcmul(state["a0"], mean.double(), b, value=-(2.0**-MEAN_FRAC))
         inner = z[..., 1:NUM_SYMBOLS]
-        torch.addcmul(a, state["j"], b, out=inner)
+        torch.addcmul(a.unsqueeze(2), state["j"], b.unsqueeze(2), out=inner)
         inner.clamp_(0, 2 * SIG_MAX)
         idx.copy_(z)
         return torch.index_select(self._t.cdf_table, 0, idx.view(-1), out=cdf.view(-1)).view(
@@ -239,10 +253,11 @@ class IntegerLogisticMixture(Distribution):
                 state["coefs"] = _take(self._t.t["tanh"], blocks[:, :, 2], -COEF_MAX, COEF_MAX)
             mean = state["means"][:, 0]
         else:
-            # The components' masses of the previous channel's value x: cdf[x + 1] - cdf[x].
-            x = prev[:, c - 1 : c].unsqueeze(1).expand(-1, m, 1)  # (N, M, 1)
-            cdf = state["cdf"]
-            b = (cdf.gather(2, x + 1) - cdf.gather(2, x)).squeeze(2).long()
+            # The components' masses of the previous channel's value x: cdf[x + 1] - cdf[x],
+            # both read at x from the CDF's pairs of neighbours (a view).
+            x = prev[:, c - 1 : c, None, None].expand(-1, m, 1, 2)  # (N, M, 1, 2)
+            ends = state["cdf"].unfold(2, 2, 1).gather(2, x)
+            b = (ends[..., 1] - ends[..., 0]).long().squeeze(2)
             state["lw"] = state["lw"] + self._t.t["log"].take(b)
             coefs = state["coefs"]
             # Coupling in pixel units: mean + coef * (x - 127.5) = mean + coef (2x - 255) / 2.
@@ -255,7 +270,8 @@ class IntegerLogisticMixture(Distribution):
         mean = mean.clamp(-MEAN_MAX, MEAN_MAX)
         cdf = self._cdfs(mean, state["log_scales"][:, c], state)
         state["cdf"] = cdf
-        return mixture_frequencies(self._t.softmax_weights(state["lw"]), cdf)
+        weights = self._t.softmax_weights_f64(state["lw"])
+        return mixture_frequencies(weights, cdf, state["symbols"])
 
     def channel_pmf(self, params: torch.Tensor, c: int, prev: torch.Tensor) -> torch.Tensor:
         state = self.coding_state(params.device)
