@@ -263,7 +263,10 @@ def test_mixture_frequencies_ties_and_extremes():
     w[16:24] = 2**16
     cdf_t, w_t = torch.from_numpy(cdf), torch.from_numpy(w)
     pmfs = (cdf_t[..., 1:] - cdf_t[..., :-1]).long()
-    assert torch.equal(mixture_frequencies(w_t, cdf_t), frequencies(w_t, pmfs))
+    want = frequencies(w_t, pmfs)
+    for cuda in (False, True):  # the CUDA variant's kernels, run on CPU
+        assert torch.equal(mixture_frequencies(w_t, cdf_t, cuda=cuda), want)
+        assert torch.equal(mixture_frequencies(w_t.double(), cdf_t, cuda=cuda), want)
 
 
 def _boundary_params(rng: np.random.Generator, channels: int, m: int, inv: np.ndarray):
@@ -302,3 +305,103 @@ def test_coding_tables_at_rounding_boundaries(channels):
     state = dist.coding_state(torch.device("cpu"))
     for c in range(channels):
         assert torch.equal(dist.coding_pmf(params, c, prev, state), want[c]), c
+
+
+# ----------------------------------------------------------------------------------------
+# The elementwise functions and the ring products against the plain arithmetic
+
+
+def _ref_lookup(table, x, lo, hi):
+    return table.take(x.clamp(lo, hi).sub(lo).long())
+
+
+def _extreme_activations(rng: np.random.Generator, shape) -> torch.Tensor:
+    """Integer-valued float64 over the whole activation range, with its ends and the ends
+    of the elu and sigmoid tables' domains."""
+    from nncompress.quant.fixed import ACT_MAX, ELU_MIN, SIG_MAX
+
+    x = rng.integers(-ACT_MAX, ACT_MAX + 1, shape).astype(np.float64)
+    x.flat[: x.size // 2] = rng.integers(-(2**17), 2**17, x.size // 2)
+    special = [0, 1, -1, ACT_MAX, -ACT_MAX, ELU_MIN, ELU_MIN - 1, ELU_MIN + 1]
+    special += [SIG_MAX, SIG_MAX + 1, -SIG_MAX, -SIG_MAX - 1, SIG_MAX - 1]
+    x.flat[: len(special)] = special
+    return torch.from_numpy(x)
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_elementwise_functions_equal_the_plain_arithmetic(forged):
+    from nncompress.quant.fixed import ACT_MAX, ELU_MIN, SIG_MAX, IntegerArithmetic, requant_
+
+    rng = np.random.default_rng(31 + forged)
+    tables = _forged_tables(rng) if forged else {"elu": elu_table(), "sigmoid": sigmoid_table()}
+    elu_t = torch.from_numpy(np.asarray(tables["elu"])).double()
+    sig_t = torch.from_numpy(np.asarray(tables["sigmoid"])).double()
+    ar = IntegerArithmetic(elu_t, sig_t)
+
+    def ref_elu(x):
+        return _ref_lookup(elu_t, x, ELU_MIN, 0) + x.clamp(min=0)
+
+    x = _extreme_activations(rng, (40, 24))
+    a, b = _extreme_activations(rng, (40, 24)), _extreme_activations(rng, (40, 24))
+    assert torch.equal(ar.elu(x), ref_elu(x))
+    out = torch.empty(40, 48, dtype=torch.float64)
+    assert torch.equal(ar.elu(x, out=out[:, 5:29]), ref_elu(x))  # a strided out
+    y = x.clone()
+    assert torch.equal(ar.elu(y, out=y), ref_elu(x)) and torch.equal(y, ref_elu(x))  # in place
+    for dim in (0, 1, -1):
+        want = ref_elu(torch.cat([x, -x], dim))
+        assert torch.equal(ar.concat_elu(x, dim), want)
+    assert torch.equal(ar.concat_elu_into(x, out), ref_elu(torch.cat([x, -x], 1)))
+    ref_gate = (x + (a * _ref_lookup(sig_t, b, -SIG_MAX, SIG_MAX) * 2.0**-16).round()).clamp(
+        -ACT_MAX, ACT_MAX
+    )
+    assert torch.equal(ar.gate(x, a, b), ref_gate)
+    assert torch.equal(ar.gate(x, a, b, out=out[:, 3:27]), ref_gate)
+    # fin_bias: requant(acc + bias) with the bias folded into the scaling.
+    acc = torch.from_numpy(rng.integers(-(2**50), 2**50, (40, 24)).astype(np.float64))
+    acc[0, :4] = torch.tensor([2.0**51 - 1, -(2.0**51) + 1, 0.0, 3.0 * 2**13])
+    bias = torch.from_numpy(rng.integers(-(2**50), 2**50, 24).astype(np.float64))
+    shifts = rng.integers(-30, 63, 24)
+    shifts[:3] = [0, 62, -30]
+    post = torch.tensor([2.0 ** -int(k) for k in shifts], dtype=torch.float64)
+    want = requant_(acc + bias, post)
+    assert torch.equal(ar.fin_bias(acc.clone(), post, bias * post), want)
+
+
+def _window_row(sw, rows, order):
+    """ShiftedConv2d.step_row's window products (the float path's, exact for these
+    integer-valued float64 inputs)."""
+    import dataclasses
+
+    from nncompress.models.pixelcnnpp import ShiftedConv2d
+
+    return ShiftedConv2d.step_row(dataclasses.replace(sw, post=None), rows, order)
+
+
+@pytest.mark.parametrize(
+    "kh,kw,stride,cin,cout,width",
+    [(2, 3, 1, 64, 32, 9), (2, 3, 2, 16, 24, 10), (2, 2, 1, 48, 40, 7), (1, 3, 1, 40, 16, 6)],
+)
+def test_ring_products_equal_the_window_products(kh, kw, stride, cin, cout, width):
+    from nncompress.models.pixelcnnpp import ConvStep, ShiftedConv2d
+
+    rng = np.random.default_rng(kh * 100 + kw * 10 + stride + cin)
+    weight = torch.from_numpy(rng.integers(-(2**15), 2**15, (cout, cin, kh, kw))).double()
+    bias = torch.from_numpy(rng.integers(-(2**40), 2**40, cout).astype(np.float64))
+    post = torch.full((cout,), 2.0**-14, dtype=torch.float64)
+    sw = ConvStep.of(weight, bias, stride, post)
+    assert sw.exact
+    b = 3
+    rows = _extreme_activations(rng, (b, width + 2, kh, cin))
+    orders = [None] if kh == 1 else [torch.tensor([0, 1]), torch.tensor([1, 0])]
+    for order in orders:
+        want = _window_row(sw, rows, order)
+        got = ShiftedConv2d._ring_row(sw, rows, order)
+        assert torch.equal(got, want)
+        no_bias = ShiftedConv2d._ring_row(sw, rows, order, bias=False)
+        assert torch.equal(no_bias + bias, want)
+        wo = want.shape[0] // b
+        big = torch.zeros(b, wo, cout + 7, dtype=torch.float64)
+        ShiftedConv2d._ring_row(sw, rows, order, out=big[:, :, 3 : 3 + cout])
+        assert torch.equal(big[:, :, 3 : 3 + cout].reshape(b * wo, cout), want)
+        assert (big[:, :, :3] == 0).all() and (big[:, :, 3 + cout :] == 0).all()

@@ -99,27 +99,37 @@ def frequencies(weights: torch.Tensor, pmfs: torch.Tensor | None = None) -> torc
 
 
 def mixture_frequencies(
-    weights: torch.Tensor, cdfs: torch.Tensor, symbols: torch.Tensor | None = None
+    weights: torch.Tensor,
+    cdfs: torch.Tensor,
+    symbols: torch.Tensor | None = None,
+    *,
+    cuda: bool | None = None,
 ) -> torch.Tensor:
     """``frequencies(weights, pmfs)`` for integer-valued float64 weights (N, M) and the
     components' CDFs (N, M, 257) float64 (the pmfs are their differences along the last
     axis): the same integers, in fewer passes and all in exact float64 (int64 out).
-    ``symbols``: arange(256) on the device, if at hand.
+    ``symbols``: arange(256) on the device, if at hand. ``cuda``: use the CUDA variant's
+    kernels (default: whether cdfs is on CUDA; the tests run both on CPU).
 
-    The mixture's CDF sum_m w_m cdf_m is one batched product (w_m <= 2^EXP_FRAC, cdf <=
-    2^SIG_FRAC, M <= 64: every partial sum is an integer below 2^38), mix its differences.
+    The mixture's CDF sum_m w_m cdf_m is one batched product on CPU (w_m <= 2^EXP_FRAC, cdf
+    <= 2^SIG_FRAC, M <= 64: every partial sum is an integer below 2^38, so any order of
+    summation gives it exactly), mix its differences.
     With W = sum_m w_m, floor(mix G_TOTAL / (W 2^16)) = floor(q / W) for q = floor(mix
     G_TOTAL / 2^16) = 256 mix + floor(-mix / 256) (G_TOTAL = 2^24 - 2^8), an integer below
     2^46: its float64 quotient by W rounds to within W q 2^-53 < 1 / W of q / W, so never
     across an integer, and its floor is the integer quotient."""
+    cuda = cdfs.is_cuda if cuda is None else cuda
     weights = weights.to(torch.float64)  # (no copy when it is)
-    mix_cdf = torch.bmm(weights.unsqueeze(1), cdfs).squeeze(1)  # (N, 257)
+    if cuda:  # two plain kernels rather than cuBLAS's batched product of 1-row matrices
+        mix_cdf = (weights.unsqueeze(2) * cdfs).sum(1)  # (N, 257)
+    else:
+        mix_cdf = torch.bmm(weights.unsqueeze(1), cdfs).squeeze(1)
     mix = mix_cdf[:, 1:] - mix_cdf[:, :-1]
     q = torch.mul(mix, -(2.0**-8)).floor_().add_(mix, alpha=256)
     g = q.div_(weights.sum(1, keepdim=True)).floor_()
     rem = G_TOTAL - g.sum(1, keepdim=True)
     first_max = mix.max(1, keepdim=True).indices  # the first largest, as argmax
-    if not g.is_cuda:
+    if not cuda:
         return g.scatter_add_(1, first_max, rem).long()
     # Not scatter_add_: CUDA's deterministic mode has no plain kernel for it.
     if symbols is None:
