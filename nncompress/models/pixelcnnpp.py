@@ -520,8 +520,8 @@ class ExactPixelStep:
 
 def _column_major(w: torch.Tensor) -> torch.Tensor:
     """On CPU, w (..., K, N) with each matrix stored column by column: MKL's products of
-    few rows (the pixel steps' B x K) by such weights were measured ~15% faster. (CUDA:
-    unchanged, as measured nowhere.)"""
+    few rows (the pixel steps' B x K) by such weights were measured ~15% faster. On CUDA
+    left as they are (not measured there)."""
     if w.is_cuda:
         return w
     return w.transpose(-1, -2).contiguous().transpose(-1, -2)

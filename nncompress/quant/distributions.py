@@ -205,7 +205,6 @@ class IntegerLogisticMixture(Distribution):
         return {
             # The inner bin edges j = 1..255 as j - 128 (pixel units), float64.
             "j": torch.arange(1 - 128, NUM_SYMBOLS - 128, dtype=torch.float64, device=device),
-            "01": torch.arange(2, device=device),
             "symbols": torch.arange(NUM_SYMBOLS, device=device),
             # (SIG_MAX 2^_Z_SHIFT + 2^(_Z_SHIFT - 1)) / 2^_Z_SHIFT: the offsets in _cdfs' a.
             "a0": torch.tensor(SIG_MAX + 0.5, dtype=torch.float64, device=device),
@@ -216,13 +215,14 @@ class IntegerLogisticMixture(Distribution):
         component's CDF at the 257 bin edges, SIG at the 255 inner ones, 0 below the first
         and 2^SIG_FRAC above the last; component m's mass of bin v is cdf[v + 1] - cdf[v].
 
-        The logistic's argument at inner edge j, clamped and offset into SIG, is
-        ``clamp(round_shift((256 j - 32768 - mean) * inv, _Z_SHIFT) + SIG_MAX, 0, 2 SIG_MAX)``
-        = ``clamp(floor((a + j b) / 2^_Z_SHIFT), 0, 2 SIG_MAX)`` with a = 2^(_Z_SHIFT - 1)
-        + SIG_MAX 2^_Z_SHIFT - (32768 + mean) inv and b = 256 inv: |a + j b| < 2^47, so
-        float64 gives it exactly (the scaling by 2^-_Z_SHIFT is exact), and for a clamped,
-        hence non-negative, value truncation to an integer is the floor. The outer edges
-        index two entries appended to SIG: 0 and 2^SIG_FRAC."""
+        The logistic's argument at inner edge j = 1..255 (edge e_j = 256 (j - 128)),
+        clamped and offset into SIG, is ``clamp(round_shift((e_j - mean) inv, _Z_SHIFT) +
+        SIG_MAX, 0, 2 SIG_MAX)`` = ``clamp(floor(a + (j - 128) b), 0, 2 SIG_MAX)`` with b =
+        inv / 2^12 and a = SIG_MAX + 1/2 - mean inv / 2^20 (_Z_SHIFT = 20, MEAN_FRAC = 8):
+        mean inv and (j - 128) inv are integers below 2^45 and 2^35, so every term, and the
+        sum, is a multiple of 2^-20 below 2^27 in magnitude, exact in float64. For the
+        clamped, hence non-negative, value truncation to an integer is the floor. The outer
+        edges index two entries appended to SIG: 0 and 2^SIG_FRAC."""
         n, m = mean.shape
         buf = state.get("cdf_buffers")
         if buf is None or buf[0].shape != (n, m, NUM_SYMBOLS + 1):
@@ -233,8 +233,6 @@ class IntegerLogisticMixture(Distribution):
             buf = state["cdf_buffers"] = (z, idx, torch.empty_like(z))
         z, idx, cdf = buf
         inv = _take(self._t.f["inv_scale"], log_scale, LOG_SCALE_LO, LOG_SCALE_HI)  # float64
-        # With b = inv / 2^(_Z_SHIFT - MEAN_FRAC): (a + j b) / 2^_Z_SHIFT = a' + (j - 128) b
-        # for a' = SIG_MAX + 1/2 - mean b / 2^MEAN_FRAC (each term exact; see above).
         b = inv.mul_(2.0 ** (MEAN_FRAC - _Z_SHIFT))
         a = torch.addcmul(state["a0"], mean.double(), b, value=-(2.0**-MEAN_FRAC))
         inner = z[..., 1:NUM_SYMBOLS]
