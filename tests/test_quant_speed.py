@@ -405,3 +405,20 @@ def test_ring_products_equal_the_window_products(kh, kw, stride, cin, cout, widt
         ShiftedConv2d._ring_row(sw, rows, order, out=big[:, :, 3 : 3 + cout])
         assert torch.equal(big[:, :, 3 : 3 + cout].reshape(b * wo, cout), want)
         assert (big[:, :, :3] == 0).all() and (big[:, :, 3 + cout :] == 0).all()
+
+
+def test_concat_elu_into_large_and_small_inputs():
+    """Both of concat_elu_into's ways (by size) into strided views of a ring."""
+    from nncompress.quant.fixed import _LARGE, IntegerArithmetic
+
+    rng = np.random.default_rng(8)
+    ar = IntegerArithmetic(
+        torch.from_numpy(elu_table()).double(), torch.from_numpy(sigmoid_table()).double()
+    )
+    for rows in (4, _LARGE // 16 + 1):
+        x = _extreme_activations(rng, (rows, 16))
+        ring = torch.zeros(rows, 3, 40, dtype=torch.float64)
+        view = ring[:, 1, 4:36]
+        want = ar.elu(torch.cat([x, -x], 1))
+        assert torch.equal(ar.concat_elu_into(x, view), want)
+        assert torch.equal(view, want) and (ring[:, 0] == 0).all() and (ring[:, 1, :4] == 0).all()

@@ -629,15 +629,24 @@ class GatedResnet(nn.Module):
 
     @staticmethod
     def step_hidden_row(
-        ar, sw: GatedStep, rows: torch.Tensor, aux: list[torch.Tensor], order: torch.Tensor
+        ar,
+        sw: GatedStep,
+        rows: torch.Tensor,
+        aux: list[torch.Tensor],
+        order: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """A whole row: rows (B, W+2, 2, 2F) ring of concat_elu'd inputs, its slots top-down
-        in ``order``; aux (B*W, 2F) each. Returns concat_elu(c1): (B*W, 2F)."""
+        in ``order``; aux (B*W, 2F) each. Returns concat_elu(c1): (B*W, 2F); on the integer
+        path, into ``out`` (B, W, 2F) if given (then returned as it is)."""
         if sw.first is not None:  # the integer path: c1 once, then [c1, -c1]
             h = ShiftedConv2d._ring_row(sw.first, rows, order, bias=False)
             for a, m in zip(aux, sw.aux_first, strict=True):
                 h.addmm_(a, m)
-            return ar.concat_elu(ar.fin_bias(h, sw.first.post, sw.first.bias_post))
+            h = ar.fin_bias(h, sw.first.post, sw.first.bias_post)
+            if out is not None:
+                return ar.concat_elu_into(h.view(*out.shape[:-1], -1), out, dim=-1)
+            return ar.concat_elu(h)
         h = ShiftedConv2d.step_row(sw.hidden, rows, order)
         return GatedResnet._hidden(ar, h, sw, aux)
 
@@ -1365,7 +1374,20 @@ class PixelCNNppStepper(Stepper):
 
     def _put_row(self, ring: torch.Tensor, slot: torch.Tensor, u: torch.Tensor) -> None:
         """concat_elu of a raw row u (B*W, F) into slot ``slot`` of a ring."""
-        _put_slot(ring, slot, self.ar.concat_elu(u.view(self.batch, -1, self.filters), dim=-1))
+        x = u.view(self.batch, -1, self.filters)
+        view = self._slot_view(ring, slot, x.shape[1])
+        if view is not None:
+            self.ar.concat_elu_into(x, view, dim=-1)
+            return
+        _put_slot(ring, slot, self.ar.concat_elu(x, dim=-1))
+
+    def _slot_view(self, ring: torch.Tensor, slot: torch.Tensor, width: int):
+        """On the integer path on CPU, where steps are plain calls (no graph replays that
+        must find positions in tensors), slot ``slot``'s unpadded columns (B, width, C) as
+        a view to write into, saving a copy; None elsewhere."""
+        if not self.ar.integer or ring.is_cuda:
+            return None
+        return ring[:, 1 : width + 1, int(slot)]
 
     def _gated_row(
         self,
@@ -1380,8 +1402,11 @@ class PixelCNNppStepper(Stepper):
         concat_elu in ring_in; the hidden layer goes to ring_c1. Returns the raw output row
         (B*W, F)."""
         ix = self.lv_ix[lv]
-        c1 = GatedResnet.step_hidden_row(self.ar, sw, ring_in, aux, ix.order)
-        _put_slot(ring_c1, ix.slot, c1.view(self.batch, self.levels[lv].width, -1))
+        width = self.levels[lv].width
+        view = self._slot_view(ring_c1, ix.slot, width)
+        c1 = GatedResnet.step_hidden_row(self.ar, sw, ring_in, aux, ix.order, out=view)
+        if view is None:
+            _put_slot(ring_c1, ix.slot, c1.view(self.batch, width, -1))
         return GatedResnet.step_out_row(self.ar, sw, u, ring_c1, ix.order)
 
     # -- ul stream: one position per level ---------------------------------------------

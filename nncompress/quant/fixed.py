@@ -33,6 +33,10 @@ WEIGHT_BITS = 16
 EXACT_LIMIT = 2**53
 
 
+#: Elements from which IntegerArithmetic.concat_elu_into saves bytes rather than ops.
+_LARGE = 1 << 16
+
+
 def elu_table() -> np.ndarray:
     """(1 - ELU_MIN,) int32: entry i is elu((i + ELU_MIN) / 2^12) * 2^12, rounded."""
     v = np.arange(ELU_MIN, 1, dtype=np.float64) / 2**ACT_FRAC
@@ -110,10 +114,16 @@ class IntegerArithmetic:
         return self.concat_elu_into(x, x.new_empty(shape), dim)
 
     def concat_elu_into(self, x: torch.Tensor, out: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """concat_elu(x) along ``dim`` into ``out`` (twice x's size along dim): both
-        halves written in place, then one elu in place (measured ~3x faster on CPU than
-        elu of a torch.cat)."""
+        """concat_elu(x) along ``dim`` into ``out`` (twice x's size along dim, possibly a
+        strided view). Small x (a pixel step's): both halves written, then one elu in place
+        over them (fewest ops); large x (a row's): elu(x) and elu(-x) straight into the
+        halves, reading x rather than ``out`` (fewest bytes; both measured on CPU, ~3x
+        faster than elu of a torch.cat)."""
         c = x.shape[dim]
+        if x.numel() >= _LARGE:
+            self.elu(x, out=out.narrow(dim, 0, c))
+            self.elu(torch.neg(x), out=out.narrow(dim, c, c))
+            return out
         torch.neg(x, out=out.narrow(dim, c, c))
         out.narrow(dim, 0, c).copy_(x)
         return self.elu(out, out=out)
