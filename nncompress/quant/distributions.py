@@ -156,9 +156,9 @@ class _Tables:
         return _take(self.t["exp"], d, 0, EXP_MAX)
 
     def softmax_weights_f64(self, logits: torch.Tensor) -> torch.Tensor:
-        """softmax_weights as integer-valued float64."""
+        """softmax_weights as integer-valued float64 (max - logit >= 0: one clamp)."""
         d = logits.amax(1, keepdim=True) - logits
-        return _take(self.f["exp"], d, 0, EXP_MAX)
+        return self.f["exp"].take(d.clamp_(max=EXP_MAX))
 
 
 class IntegerCategorical(Distribution):
@@ -211,9 +211,10 @@ class IntegerLogisticMixture(Distribution):
         }
 
     def _cdfs(self, mean: torch.Tensor, log_scale: torch.Tensor, state: dict) -> torch.Tensor:
-        """mean, log_scale (N, M) int64 -> (N, M, 257) float64 (integer-valued): each
-        component's CDF at the 257 bin edges, SIG at the 255 inner ones, 0 below the first
-        and 2^SIG_FRAC above the last; component m's mass of bin v is cdf[v + 1] - cdf[v].
+        """mean (N, M) integer-valued, log_scale (N, M) int64 -> (N, M, 257) float64
+        (integer-valued): each component's CDF at the 257 bin edges, SIG at the 255 inner
+        ones, 0 below the first and 2^SIG_FRAC above the last; component m's mass of bin v
+        is cdf[v + 1] - cdf[v].
 
         The logistic's argument at inner edge j = 1..255 (edge e_j = 256 (j - 128)),
         clamped and offset into SIG, is ``clamp(round_shift((e_j - mean) inv, _Z_SHIFT) +
@@ -234,7 +235,7 @@ class IntegerLogisticMixture(Distribution):
         z, idx, cdf = buf
         inv = _take(self._t.f["inv_scale"], log_scale, LOG_SCALE_LO, LOG_SCALE_HI)  # float64
         b = inv.mul_(2.0 ** (MEAN_FRAC - _Z_SHIFT))
-        a = torch.addcmul(state["a0"], mean.double(), b, value=-(2.0**-MEAN_FRAC))
+        a = torch.addcmul(state["a0"], mean.to(torch.float64), b, value=-(2.0**-MEAN_FRAC))
         inner = z[..., 1:NUM_SYMBOLS]
         torch.addcmul(a.unsqueeze(2), state["j"], b.unsqueeze(2), out=inner)
         inner.clamp_(0, 2 * SIG_MAX)
@@ -255,7 +256,9 @@ class IntegerLogisticMixture(Distribution):
             n = p.shape[0]
             blocks = p[:, m:].reshape(n, self.channels, self._block, m)
             state["lw"] = p[:, :m]
-            state["means"] = blocks[:, :, 0]
+            # The means as float64 (a view of float64 params), as _cdfs takes them.
+            fp = params.to(torch.float64)
+            state["means"] = fp[:, m:].reshape(n, self.channels, self._block, m)[:, :, 0]
             state["log_scales"] = blocks[:, :, 1]
             if self.channels == 3:
                 state["coefs"] = _take(self._t.t["tanh"], blocks[:, :, 2], -COEF_MAX, COEF_MAX)
@@ -273,7 +276,8 @@ class IntegerLogisticMixture(Distribution):
             if c == 1:
                 acc = coefs[:, 0] * s0
             else:
-                acc = coefs[:, 1] * s0 + coefs[:, 2] * (2 * prev[:, 1:2] - 255)
+                acc = torch.addcmul(coefs[:, 1] * s0, coefs[:, 2], 2 * prev[:, 1:2] - 255)
+            # float64 + int64 (both integer-valued, below 2^53): exact.
             mean = state["means"][:, c] + _round_shift(acc, COEF_FRAC + 1 - MEAN_FRAC)
         mean = mean.clamp(-MEAN_MAX, MEAN_MAX)
         cdf = self._cdfs(mean, state["log_scales"][:, c], state)
