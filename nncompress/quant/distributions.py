@@ -3,8 +3,10 @@ point (FORMAT.md, "The integer arithmetic").
 
 A table is (N, 256) int64 ``g`` with every g_j >= 0 and sum_j g_j = FREQ_TOTAL - 256; the
 coder's frequency of symbol j is g_j + 1 (so every symbol has one, and they sum to
-FREQ_TOTAL = 2^24). All arithmetic here is int64 (exact on every device); the
-transcendental functions are the model file's tables, indexed with a clamped argument.
+FREQ_TOTAL = 2^24). All arithmetic here is exact on every device: int64, or (the logistic
+mixture's bulk) integer-valued float64 kept below 2^53, each such step's bound stated where
+it is done; the transcendental functions are the model file's tables, indexed with a
+clamped argument.
 
 Parameter formats (fractional bits), as the integer models' output layers produce them:
   - mixture logits and categorical logits: LOGIT_FRAC;

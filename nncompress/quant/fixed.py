@@ -6,7 +6,9 @@ BLAS, thread count or device, while every partial sum stays below 2^53 (the expo
 the bound per layer), so matrix products and convolutions need no integer kernels.
 Elementwise steps use only exact float64 operations (products of integers below 2^53,
 multiplication by powers of two, round-half-to-even, comparisons) and lookups in tables
-that the model file carries. The mixture's arithmetic runs in int64.
+that the model file carries. The mixture's arithmetic is exact too (quant.distributions).
+Sums may be grouped in any way (the stepper's integer path splits and regroups products
+for speed), so every grouping gives the same integers.
 
 Formats (a value v with F fractional bits stands for v / 2^F):
   - activations: ACT_FRAC = 12 fractional bits, clamped to [-ACT_MAX, ACT_MAX];
