@@ -372,6 +372,14 @@ _device_option = click.option(
 )
 
 
+_max_batch_option = click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    metavar="N",
+    help="Most tiles per batch step (default: 512 on CPU, 2048 on CUDA). Memory grows with "
+    "it; files do not depend on it (any batch size decodes any file).",
+)
 _skip_option = click.option(
     "--skip-existing",
     is_flag=True,
@@ -409,14 +417,7 @@ def _usage_conflicts(force: bool, skip_existing: bool) -> None:
     default=None,
     help="Tile size in pixels (default: the model's).",
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(1, 1 << 20),
-    default=None,
-    metavar="N",
-    help="Most tiles per batch step (default: 512 on CPU, 2048 on CUDA). Memory grows with "
-    "it; the files do not depend on it (a decoder may use any batch size).",
-)
+@_max_batch_option
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing outputs.")
 @_skip_option
 @_max_pixels_option
@@ -663,14 +664,7 @@ def _warn_if_slow(work: Sequence[tuple[str, float, int]], doing: str, hint: str)
     help="Model to decode with (default: the one named in the file).",
 )
 @_device_option
-@click.option(
-    "--max-batch",
-    type=click.IntRange(1, 1 << 20),
-    default=None,
-    metavar="N",
-    help="Most tiles per batch step (default: 512 on CPU, 2048 on CUDA); memory grows with "
-    "it, the pixels do not depend on it.",
-)
+@_max_batch_option
 @click.option(
     "--force", "-f", is_flag=True, help="Overwrite existing outputs (IN.png itself included)."
 )
