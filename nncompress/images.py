@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +70,6 @@ class Picture:
             hwc = hwc[:, :, 0]
         return Image.fromarray(hwc, mode=self.mode)
 
-    def crc32(self) -> int:
-        """CRC-32 of the pixels as Pillow's tobytes() in ``mode`` (alpha included)."""
-        return pixel_crc32(self.to_pil())
-
 
 def files_below(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], int]:
     """Files under ``folder`` (recursive, sorted, hidden entries skipped) whose suffix is one
@@ -89,10 +84,6 @@ def files_below(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], int
         else:
             other += 1
     return found, other
-
-
-def pixel_crc32(image: Image.Image) -> int:
-    return zlib.crc32(image.tobytes()) & 0xFFFFFFFF
 
 
 def check_pixel_count(

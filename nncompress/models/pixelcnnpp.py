@@ -688,6 +688,55 @@ def level_sizes(height: int, width: int) -> list[tuple[int, int]]:
     return sizes
 
 
+def down_blocks(level: int, nr_resnet: int) -> int:
+    """Gated blocks of the down pass at ``level``: R at the coarsest, R + 1 elsewhere (as
+    the reference)."""
+    return nr_resnet if level == NUM_LEVELS - 1 else nr_resnet + 1
+
+
+def build_layers(
+    net: nn.Module,
+    channels: int,
+    filters: int,
+    nr_resnet: int,
+    num_params: int,
+    conv,
+    deconv,
+    nin,
+    gated,
+) -> None:
+    """Give ``net`` PixelCNN++'s layers, made by the factories (the float model's layer
+    classes, or the integer model's): conv(cin, cout, kernel, right=, stride=),
+    deconv(cin, cout, kernel, right=), nin(cin, cout), gated(filters, kernel, right,
+    n_aux). One definition of the architecture for both, so they cannot drift apart."""
+    f, r = filters, nr_resnet
+    cin = channels + 1  # + a constant channel of ones, to tell the image from zero padding
+    net.u_init = conv(cin, f, (2, 3))
+    net.ul_init_top = conv(cin, f, (1, 3))
+    net.ul_init_left = conv(cin, f, (2, 1), right=True)
+
+    def blocks(n: int, right: bool, n_aux: int) -> nn.ModuleList:
+        kernel = (2, 2) if right else (2, 3)
+        return nn.ModuleList(gated(f, kernel, right, n_aux) for _ in range(n))
+
+    # [level] -> blocks; the u stream has no aux on the way up, ul gets u.
+    net.up_u = nn.ModuleList(blocks(r, False, 0) for _ in range(NUM_LEVELS))
+    net.up_ul = nn.ModuleList(blocks(r, True, 1) for _ in range(NUM_LEVELS))
+    # [level l] -> stride-2 conv from level l to l + 1.
+    net.down_u = nn.ModuleList(conv(f, f, (2, 3), stride=2) for _ in range(NUM_LEVELS - 1))
+    net.down_ul = nn.ModuleList(
+        conv(f, f, (2, 2), right=True, stride=2) for _ in range(NUM_LEVELS - 1)
+    )
+    # [level] -> down-pass blocks: u gets its skip, ul gets [u, its skip].
+    down = [down_blocks(lv, r) for lv in range(NUM_LEVELS)]
+    net.dn_u = nn.ModuleList(blocks(n, False, 1) for n in down)
+    net.dn_ul = nn.ModuleList(blocks(n, True, 2) for n in down)
+    # [level l] -> stride-2 transposed conv from level l + 1 to l.
+    net.deconv_u = nn.ModuleList(deconv(f, f, (2, 3), right=False) for _ in range(NUM_LEVELS - 1))
+    net.deconv_ul = nn.ModuleList(deconv(f, f, (2, 2), right=True) for _ in range(NUM_LEVELS - 1))
+    net.out = nin(f, num_params)
+
+
 class PixelCNNpp(LikelihoodModel):
     """PixelCNN++ over (B, C, H, W) uint8 images of any size, with a discretized logistic
     mixture per pixel. Up pass: ``nr_resnet`` gated blocks per level; down pass:
@@ -701,44 +750,23 @@ class PixelCNNpp(LikelihoodModel):
         super().__init__(config)
         c, f, r = config.channels, config.nr_filters, config.nr_resnet
         self._dist = DiscretizedLogisticMixture(c, config.nr_logistic_mix)
-        cin = c + 1  # + a constant channel of ones, to tell the image from zero padding
-        self.u_init = ShiftedConv2d(cin, f, (2, 3))
-        self.ul_init_top = ShiftedConv2d(cin, f, (1, 3))
-        self.ul_init_left = ShiftedConv2d(cin, f, (2, 1), right=True)
-
-        def blocks(n: int, right: bool, n_aux: int) -> nn.ModuleList:
-            kernel = (2, 2) if right else (2, 3)
-            return nn.ModuleList(
-                GatedResnet(f, kernel, right=right, n_aux=n_aux, dropout=config.dropout)
-                for _ in range(n)
-            )
-
-        # [level] -> blocks; the u stream has no aux on the way up, ul gets u.
-        self.up_u = nn.ModuleList(blocks(r, False, 0) for _ in range(NUM_LEVELS))
-        self.up_ul = nn.ModuleList(blocks(r, True, 1) for _ in range(NUM_LEVELS))
-        # [level l] -> stride-2 conv from level l to l + 1.
-        self.down_u = nn.ModuleList(
-            ShiftedConv2d(f, f, (2, 3), stride=2) for _ in range(NUM_LEVELS - 1)
+        build_layers(
+            self,
+            c,
+            f,
+            r,
+            self._dist.num_params,
+            ShiftedConv2d,
+            ShiftedDeconv2d,
+            Nin,
+            lambda f_, kernel, right, n_aux: GatedResnet(
+                f_, kernel, right=right, n_aux=n_aux, dropout=config.dropout
+            ),
         )
-        self.down_ul = nn.ModuleList(
-            ShiftedConv2d(f, f, (2, 2), right=True, stride=2) for _ in range(NUM_LEVELS - 1)
-        )
-        # [level] -> down-pass blocks: u gets its skip, ul gets [u, its skip].
-        self.dn_u = nn.ModuleList(blocks(self.down_blocks(lv), False, 1) for lv in range(3))
-        self.dn_ul = nn.ModuleList(blocks(self.down_blocks(lv), True, 2) for lv in range(3))
-        # [level l] -> stride-2 transposed conv from level l + 1 to l.
-        self.deconv_u = nn.ModuleList(
-            ShiftedDeconv2d(f, f, (2, 3), right=False) for _ in range(NUM_LEVELS - 1)
-        )
-        self.deconv_ul = nn.ModuleList(
-            ShiftedDeconv2d(f, f, (2, 2), right=True) for _ in range(NUM_LEVELS - 1)
-        )
-        self.out = Nin(f, self._dist.num_params)
 
     def down_blocks(self, level: int) -> int:
-        """Gated blocks of the down pass at ``level``: R at the coarsest, R + 1 elsewhere."""
-        r = self.config.nr_resnet
-        return r if level == NUM_LEVELS - 1 else r + 1
+        """Gated blocks of the down pass at ``level``."""
+        return down_blocks(level, self.config.nr_resnet)
 
     @property
     def distribution(self) -> DiscretizedLogisticMixture:

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedImageError
 from ..models.base import LikelihoodModel
 from ..models.pixelcnnpp import (
     NUM_LEVELS,
@@ -37,6 +36,7 @@ from ..models.pixelcnnpp import (
     ShiftedDeconv2d,
     _down_shift,
     _right_shift,
+    build_layers,
 )
 from . import distributions as qd
 from .fixed import (
@@ -207,30 +207,17 @@ class IntPixelCNNpp(LikelihoodModel):
         super().__init__(config)
         c, f, r = config.channels, config.nr_filters, config.nr_resnet
         self._mix_params = qd.IntegerLogisticMixture(c, config.nr_logistic_mix, {}).num_params
-        cin = c + 1
-        self.u_init = IntConv(cin, f, (2, 3))
-        self.ul_init_top = IntConv(cin, f, (1, 3))
-        self.ul_init_left = IntConv(cin, f, (2, 1), right=True)
-
-        def blocks(n: int, right: bool, n_aux: int) -> nn.ModuleList:
-            kernel = (2, 2) if right else (2, 3)
-            return nn.ModuleList(IntGated(f, kernel, right=right, n_aux=n_aux) for _ in range(n))
-
-        self.up_u = nn.ModuleList(blocks(r, False, 0) for _ in range(NUM_LEVELS))
-        self.up_ul = nn.ModuleList(blocks(r, True, 1) for _ in range(NUM_LEVELS))
-        self.down_u = nn.ModuleList(IntConv(f, f, (2, 3), stride=2) for _ in range(NUM_LEVELS - 1))
-        self.down_ul = nn.ModuleList(
-            IntConv(f, f, (2, 2), right=True, stride=2) for _ in range(NUM_LEVELS - 1)
+        build_layers(
+            self,
+            c,
+            f,
+            r,
+            self._mix_params,
+            IntConv,
+            IntDeconv,
+            IntNin,
+            lambda f_, kernel, right, n_aux: IntGated(f_, kernel, right=right, n_aux=n_aux),
         )
-        self.dn_u = nn.ModuleList(blocks(self.down_blocks(lv), False, 1) for lv in range(3))
-        self.dn_ul = nn.ModuleList(blocks(self.down_blocks(lv), True, 2) for lv in range(3))
-        self.deconv_u = nn.ModuleList(
-            IntDeconv(f, f, (2, 3), right=False) for _ in range(NUM_LEVELS - 1)
-        )
-        self.deconv_ul = nn.ModuleList(
-            IntDeconv(f, f, (2, 2), right=True) for _ in range(NUM_LEVELS - 1)
-        )
-        self.out = IntNin(f, self._mix_params)
         for name, size in table_sizes().items():
             self.register_buffer(f"t_{name}", torch.zeros(size, dtype=torch.int32))
         self._cache: dict[tuple, object] = {}
@@ -264,10 +251,7 @@ class IntPixelCNNpp(LikelihoodModel):
         """x: (B, C, H, W) uint8 -> (B, P, H, W) integer-valued float64 (the same integers
         the stepper computes). ``ar``: other elementwise operations with the same results
         (quant.qat's, which carry gradients)."""
-        if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2] < 1 or x.shape[3] < 1:
-            raise UnsupportedImageError(
-                f"expected (B, {self.channels}, H, W) pixels, got shape {tuple(x.shape)}"
-            )
+        PixelCNNpp._check_input(self, x)
         ar = self.arithmetic() if ar is None else ar
         xs = ar.pixels(x)
         b, _, h, w = xs.shape
