@@ -71,7 +71,14 @@ memory is therefore that of an image of the expected size. Every failure of a li
 (malformed, truncated, wrong size, channel count or depth, R != G != B for grey WebP) is a
 :class:`~nncompress.errors.FormatError`. There is no checksum in these formats (PNG's chunk
 CRCs aside), so corrupted data can decode to other pixels of the right shape: integrity is
-the container's pixel CRC's job.
+the container's pixel CRC's job. Measured on a 10x13 RGBA image, 60 truncations and 150
+random byte changes each: jxl 11, webp 73 and store 150 of 210 decoded to other pixels,
+png none (libpng prints "PNG warning: IDAT: incorrect data check" on the C stderr when
+only the zlib checksum is hit, and the pixels are then exact). A WebP file without alpha is
+accepted for an RGBA expectation (alpha 255): that is how libwebp stores opaque RGBA.
+
+Cost of :func:`best` at "default": every method encodes and decodes, so for an RGB
+megapixel about 3.5 s (jxl e9) + 2.5 s (webp m6) + 0.3 s (png) on this 2-core machine.
 
 JPEG files
 ----------

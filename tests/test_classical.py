@@ -92,10 +92,13 @@ def test_every_method_exact_or_refused(kind, channels, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels", [2, 4])
 def test_colour_under_transparent_alpha_survives(channels, dtype):
-    arr = _transparent_colour(20, 23, channels, dtype)
-    coded = [m for m in METHODS if _roundtrip_or_refused(m, arr) is not None]
-    assert "jxl" in coded and "png" in coded
-    assert ("webp" in coded) == (dtype == np.uint8)  # libwebp keeps colour under alpha 0
+    smooth = _gradient(64, 64, channels, dtype)  # where flattening hidden colour would pay
+    smooth[:, :, -1] = 0
+    smooth[20:40, 10:50, -1] = np.iinfo(dtype).max
+    for arr in (_transparent_colour(20, 23, channels, dtype), smooth):
+        coded = [m for m in METHODS if _roundtrip_or_refused(m, arr) is not None]
+        assert "jxl" in coded and "png" in coded
+        assert ("webp" in coded) == (dtype == np.uint8)  # libwebp keeps colour under alpha 0
 
 
 def test_webp_opaque_alpha_comes_back():
