@@ -17,7 +17,9 @@ What is carried (``Item.kind``; ``key`` is "" except for text)
                     content tags (ImageDescription, Make, Model, Orientation, Software,
                     DateTime, Artist, HostComputer, DocumentName, PageName, WhitePoint,
                     PrimaryChromaticities, Copyright and the Exif and GPS sub-IFDs) are
-                    rewritten into one by Pillow's ``Image.Exif``.
+                    rewritten into one by Pillow's ``Image.Exif``. (Pillow 13 applies a TIFF's
+                    Orientation to the pixels on ``load()`` and deletes the tag, so none is left
+                    to carry: the pixels come upright.)
 ``xmp``             the XMP packet, UTF-8 (PNG iTXt "XML:com.adobe.xmp", JPEG APP1, WebP XMP,
                     TIFF 700).
 ``text``            a text entry: ``key`` is the PNG keyword (1-79 Latin-1 characters, no NUL),
