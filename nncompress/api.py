@@ -1,92 +1,102 @@
 """The Python API: compress and decompress images, score them, sample from a model.
 
     >>> from nncompress import api
-    >>> data = api.compress(Image.open("photo.png"))       # bytes of a .nnc file
+    >>> data = api.compress("photo.png")                    # bytes of a .nnc file
     >>> image = api.decompress(data)                         # identical pixels
 
-Images may be given as Pillow images, uint8 numpy arrays (HxW, HxWx3, HxWx4) or paths; other
-types raise TypeError. Images (and .nnc headers) with more than ``max_pixels`` pixels
-(default: images.DEFAULT_MAX_PIXELS, Pillow's limit) are refused before any work.
+Images may be given as Pillow images, numpy arrays (HxW, HxWx3, HxWx4; uint8 or uint16),
+paths or the bytes of an image file; other types raise TypeError. Images (and .nnc headers)
+with more than ``max_pixels`` pixels (default: images.DEFAULT_MAX_PIXELS, Pillow's limit)
+are refused before any work. Everything in the image is kept: bit depth, alpha, frames and
+metadata (``strip=True`` drops the metadata); what cannot be kept is refused.
 
-Many images given together are coded in one schedule (their tiles share each batch step),
-which is much faster on a GPU than one by one. Each image still gets its own file.
+Each image is coded with the best of the learned model and the classical lossless codecs
+(``method="auto"``, see nncompress.files). Many images given together share the model's
+schedule (their tiles share each batch step), which is much faster on a GPU than one by
+one. Each image still gets its own file.
 """
 
 from __future__ import annotations
 
-import math
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
-import torch
 from PIL import Image
 
-from . import __version__, container
-from .codec import (
-    DecodeJob,
-    EncodeJob,
-    SampleJob,
-    TileGrid,
-    TileJob,
-    chunk_ranges,
-    plan_batches,
-    run_schedule,
-)
-from .errors import (
-    FormatError,
-    IntegrityError,
-    ModelMismatchError,
-    UnsupportedImageError,
-)
-from .images import (
-    DEFAULT_MAX_PIXELS,
-    Picture,
-    as_image,
-    check_pixel_count,
-    to_picture,
-)
+from . import container
+from .codec import SampleJob, TileGrid, run_schedule
+from .content import Content, read_content, to_pil
+from .errors import FormatError, IntegrityError, UnsupportedImageError
+from .files import Decoded, Encoded, decode_files, encode_contents
+from .images import DEFAULT_MAX_PIXELS, Picture, as_image, to_picture
 from .modelfile import LoadedModel
+from .planes import (
+    CHUNK_TILES,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_TILE,
+    ProgressFactory,
+    chunk_tiles,
+    load_model,
+    model_for,
+    model_tile,
+    score_planes,
+)
 from .runtime import coding_context, default_cpu_threads, resolve_device
-from .zoo import default_model_name
-from .zoo import load_model as _zoo_load
 
-DEFAULT_TILE = 32
-# Most tiles per batch step: bounds the stepper's caches (memory; pixelcnnpp-photo needs
-# ~3 MB per 32x32 tile). On a GPU a step costs about the same for 384 tiles as for 2048
-# (measured on an H200: 2.3 vs 6.2 ms, the range coder taking most of the latter), so
-# larger batches code many images faster; on a CPU the cost grows with the batch.
-DEFAULT_MAX_BATCH = MappingProxyType({"cpu": 512, "cuda": 2048})
-#: Tiles per coder stream (FORMAT.md: a chunk's tiles share one batch of the decoder, so
-#: this is also the smallest batch a decoder needs; ~4 bytes of stream end per chunk).
-CHUNK_TILES = 256
+# What the entry points take as an image (see content.read_content).
+ImageInput = Image.Image | np.ndarray | str | Path | bytes | Content
+#: Kept names: the result of compress_detailed.
+EncodeResult = Encoded
+_model_for = model_for
 
-ProgressFactory = Callable[[int, str], Callable[[int], None]]  # (total steps, label) -> update
-# What the entry points take as an image (see images.as_image).
-ImageInput = Image.Image | np.ndarray | str | Path
+__all__ = [
+    "CHUNK_TILES",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_TILE",
+    "Content",
+    "Decoded",
+    "EncodeResult",
+    "chunk_tiles",
+    "compress",
+    "compress_detailed",
+    "compress_many",
+    "decompress",
+    "decompress_content",
+    "decompress_detailed",
+    "decompress_many",
+    "load_model",
+    "model_tile",
+    "sample",
+    "score",
+    "score_detailed",
+]
 
 
 def _not_one_image(images: object) -> None:
     """TypeError for one image given where a sequence is expected (an array or a path would
     otherwise be taken apart row by row or character by character)."""
-    if isinstance(images, (Image.Image, np.ndarray, str, Path, bytes)):
+    if isinstance(images, (Image.Image, np.ndarray, str, Path, bytes, Content)):
         raise TypeError(
             f"expected a sequence of images, not one {type(images).__name__} "
             "(put it in a list, or use compress() for a single image)"
         )
 
 
-def _image_list(images: object, max_pixels: int | None) -> list[Image.Image]:
-    """A sequence of images (see ImageInput) as Pillow images."""
+def _content(obj: object, max_pixels: int | None, strip: bool) -> Content:
+    if isinstance(obj, Content):
+        return obj.stripped() if strip else obj
+    return read_content(obj, max_pixels, strip)
+
+
+def _contents(images: object, max_pixels: int | None, strip: bool) -> list[Content]:
     _not_one_image(images)
     try:
         items = list(images)  # type: ignore[call-overload]
     except TypeError:
         raise TypeError(f"expected a sequence of images, not {type(images).__name__}") from None
-    return [as_image(im, max_pixels) for im in items]
+    return [_content(im, max_pixels, strip) for im in items]
 
 
 def _blob_list(blobs: object) -> list[bytes]:
@@ -117,72 +127,8 @@ def _blob(data: object) -> bytes:
     )
 
 
-def load_model(name_or_path: str | Path | LoadedModel) -> LoadedModel:
-    """A model by name (``nncompress models``), by path, or passed through if loaded."""
-    if isinstance(name_or_path, LoadedModel):
-        return name_or_path
-    return _zoo_load(name_or_path)
-
-
-def _model_for(
-    model: str | Path | LoadedModel | None, channels: int, device_type: str = "cuda"
-) -> LoadedModel:
-    lm = load_model(model if model is not None else default_model_name(channels, device_type))
-    if lm.model.channels != channels:
-        kind = "greyscale" if channels == 1 else "colour"
-        raise UnsupportedImageError(
-            f"model {lm.name!r} codes {lm.model.channels}-channel images; "
-            f"this {kind} image has {channels} (choose another --model)"
-        )
-    return lm
-
-
-def model_tile(lm: LoadedModel, tile: int | tuple[int, int] | None = None) -> tuple[int, int]:
-    """The tile size to code with: the model's fixed tile, else ``tile``, else the size the
-    model was trained/evaluated for (its info), else DEFAULT_TILE."""
-    fixed = lm.model.fixed_tile
-    if tile is not None:
-        th, tw = (tile, tile) if isinstance(tile, int) else tile
-        if fixed is not None and (th, tw) != tuple(fixed):
-            raise UnsupportedImageError(f"model {lm.name!r} codes {fixed[0]}x{fixed[1]} tiles only")
-        if not (1 <= th <= container.MAX_TILE and 1 <= tw <= container.MAX_TILE):
-            raise UnsupportedImageError(f"tile size must be 1..{container.MAX_TILE}")
-        return th, tw
-    if fixed is not None:
-        return tuple(fixed)
-    th, tw = lm.info.get("tile", (DEFAULT_TILE, DEFAULT_TILE))
-    return int(th), int(tw)
-
-
-def _progress_for(progress: ProgressFactory | None, steps: int, label: str):
-    return progress(steps, label) if progress is not None else None
-
-
-def _steps(jobs: Sequence[TileJob], max_batch: int, tile: tuple[int, int]) -> int:
-    return len(plan_batches(jobs, max_batch)) * tile[0] * tile[1]
-
-
-def _encoder_label(device: torch.device) -> str:
-    """Informational: what wrote a file (not needed to decode it)."""
-    return f"nncompress {__version__} {device.type}"[: container.MAX_ENCODER_BYTES]
-
-
-@dataclass
-class EncodeResult:
-    """What compressing one image produced."""
-
-    data: bytes  # the .nnc file
-    header: container.Header
-    subpixels: int
-    info_bits: float  # -log2 p(x) under the coding PMFs: what the payload ideally costs
-
-    @property
-    def bits_per_subpixel(self) -> float:
-        return 8 * len(self.data) / self.subpixels
-
-    @property
-    def model_bits_per_subpixel(self) -> float:
-        return self.info_bits / self.subpixels
+def _factory(progress: bool | ProgressFactory | None) -> ProgressFactory | None:
+    return _tqdm_factory if progress is True else (progress or None)
 
 
 def compress_detailed(
@@ -195,138 +141,50 @@ def compress_detailed(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     verify: bool = False,
-) -> list[EncodeResult]:
-    """Compress images (Pillow images, uint8 arrays or paths); images needing the same
-    model are coded in one schedule, in batches of at most ``max_batch`` tiles (default:
-    DEFAULT_MAX_BATCH of the device). An image of more than ``max_pixels`` pixels (None:
-    the format's limit only) raises UnsupportedImageError before any coding. ``verify``:
-    decode every file just written and compare its pixels (IntegrityError if any differ)."""
-    pictures = [to_picture(im) for im in _image_list(images, max_pixels)]
+    method: str = "auto",
+    strip: bool = False,
+) -> list[Encoded]:
+    """Compress images (see ImageInput), each with the best method (``method="auto"``) or
+    the one given ("model", "jxl", "webp", "png", "store", "jpeg"). Model parts of images
+    needing the same model are coded in one schedule, in batches of at most ``max_batch``
+    tiles (default: DEFAULT_MAX_BATCH of the device). An image of more than ``max_pixels``
+    pixels (None: the format's limit only) raises UnsupportedImageError before any coding.
+    ``verify``: decode every file just written and compare (IntegrityError if it differs).
+    ``strip``: leave the metadata out."""
+    contents = _contents(images, max_pixels, strip)
     dev = resolve_device(device)
-    if max_batch is None:
-        max_batch = DEFAULT_MAX_BATCH[dev.type]
-    results: list[EncodeResult | None] = [None] * len(pictures)
-    # One schedule per model: images of other channel counts use other default models.
-    by_model: dict[bytes, tuple[LoadedModel, list[int]]] = {}
-    models: dict[int, LoadedModel] = {}  # by channels: load (and hash) each file once
-    for i, pic in enumerate(pictures):
-        if pic.channels not in models:
-            models[pic.channels] = _model_for(model, pic.channels, dev.type)
-        lm = models[pic.channels]
-        by_model.setdefault(lm.digest, (lm, []))[1].append(i)
-    for lm, idx in by_model.values():
-        group = _encode_group(lm, [pictures[i] for i in idx], dev, tile, max_batch, progress)
-        if verify:
-            _verify(lm, [pictures[i] for i in idx], group, dev, max_batch, progress)
-        for i, res in zip(idx, group):
-            results[i] = res
-    return [r for r in results if r is not None]
+    given = load_model(model) if model is not None else None
+    results = encode_contents(contents, given, dev, tile, max_batch, progress, method)
+    if verify:
+        _verify(contents, results, given, dev, max_batch, progress)
+    return results
 
 
-def _verify(lm, pictures, results, dev, max_batch, progress) -> None:
-    """Decode what was just encoded and compare pixels, as ``flac --verify`` does."""
-    back = decompress_many(
-        [r.data for r in results],
-        lm,
-        dev.type,
-        progress or False,
-        max_pixels=None,
-        max_batch=max_batch,
-    )
-    for pic, im in zip(pictures, back, strict=True):
-        if (
-            im.mode != pic.mode
-            or im.size != (pic.width, pic.height)
-            or (im.tobytes() != pic.to_pil().tobytes())
-        ):
+def _verify(contents, results, given, dev, max_batch, progress) -> None:
+    """Decode what was just encoded and compare, as ``flac --verify`` does."""
+    back = decode_files([r.data for r in results], given, dev, max_batch, progress, None)
+    for c, d in zip(contents, back, strict=True):
+        if not same_content(c, d.content):
             raise IntegrityError(
                 "verification failed: the file just written does not decode to the image "
                 "(a bug in nncompress: please report it)"
             )
 
 
-def _encode_group(
-    lm: LoadedModel,
-    pictures: list[Picture],
-    dev: torch.device,
-    tile: int | tuple[int, int] | None,
-    max_batch: int,
-    progress: ProgressFactory | None,
-) -> list[EncodeResult]:
-    _require_integer(lm)
-    th, tw = model_tile(lm, tile)
-    per_image = []  # the jobs (chunks) of each picture
-    for p in pictures:
-        grid = _grid(p, th, tw)
-        chunk = chunk_tiles(grid.tile_h, grid.tile_w, max_batch)
-        tiles = grid.split(p.planes)
-        ranges = chunk_ranges(grid.count, min(chunk, grid.count))
-        per_image.append([EncodeJob(grid, r, tiles[r.start : r.stop]) for r in ranges])
-    model = lm.model.to(dev).eval()
-    _run_by_tile(model, [j for js in per_image for j in js], dev, max_batch, progress, "encode")
-    out = []
-    for chunks, pic in zip(per_image, pictures):
-        canvas = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
-        if not np.array_equal(canvas, pic.planes):
-            raise IntegrityError("internal error: the encoder's canvas differs from the image")
-        payload = container.join_streams([j.encoder.finish() for j in chunks])
-        crc = _content_crc(pic)
-        header = container.Header(
-            model_name=lm.name,
-            model_digest=lm.digest,
-            mode=pic.mode,
-            width=pic.width,
-            height=pic.height,
-            tile_h=chunks[0].grid.tile_h,
-            tile_w=chunks[0].grid.tile_w,
-            chunk_tiles=chunks[0].count,
-            pixel_crc32=crc,
-            payload_crc32=zlib.crc32(payload),
-            encoder=_encoder_label(dev),
-        )
-        data = container.pack(header, payload)
-        bits = sum(j.info_bits for j in chunks)
-        out.append(EncodeResult(data, header, pic.subpixels, bits))
-    return out
-
-
-def _grid(pic: Picture, th: int, tw: int) -> TileGrid:
-    """The tiles of a picture: a tile larger than the image would only add steps (and
-    FORMAT.md does not allow it), so it is clamped to the image."""
-    return TileGrid(pic.height, pic.width, min(th, pic.height), min(tw, pic.width))
-
-
-def _run_by_tile(model, jobs: list[TileJob], dev, max_batch: int, progress, label: str) -> None:
-    """run_schedule over ``jobs``, one schedule per tile size (a batch has one)."""
-    by_tile: dict[tuple[int, int], list[TileJob]] = {}
-    for j in jobs:
-        by_tile.setdefault((j.grid.tile_h, j.grid.tile_w), []).append(j)
-    steps = sum(_steps(js, max_batch, t) for t, js in by_tile.items())
-    bar = _progress_for(progress, steps, label)
-    with coding_context(dev, default_cpu_threads()):
-        for (th, tw), js in by_tile.items():
-            run_schedule(model, js, th, tw, max_batch, bar)
-
-
-def chunk_tiles(tile_h: int, tile_w: int, max_batch: int) -> int:
-    """Tiles per coder stream: CHUNK_TILES, fewer for small batches and wide tiles."""
-    caps = (container.MAX_CHUNK_PIXELS // (tile_h * tile_w), container.MAX_CHUNK_COLUMNS // tile_w)
-    return max(1, min(CHUNK_TILES, max_batch, *caps))
-
-
-def _content_crc(pic: Picture) -> int:
-    return container.content_crc32(pic.mode, pic.width, pic.height, 8, pic.to_pil().tobytes())
-
-
-def _require_integer(lm: LoadedModel) -> None:
-    """Format-4 files are coded with integer models only (their tables are the same on
-    every machine); a float model's would decode only where they were made."""
-    if not getattr(lm.model.distribution, "integer_tables", False):
-        raise ModelMismatchError(
-            f"model {lm.name!r} ({lm.family}) uses float arithmetic, whose files would decode "
-            "only on the machine that wrote them; use an integer model (nncompress models "
-            "lists them; `nncompress quantize` converts a trained PixelCNN++, MADE or histogram)"
-        )
+def same_content(a: Content, b: Content) -> bool:
+    """Whether two contents are the same image: samples, frames, timing, metadata (a
+    JPEG kept as a file: the file's bytes)."""
+    if b.jpeg is not None and not b.frames:
+        return a.jpeg == b.jpeg
+    return (
+        a.mode == b.mode
+        and a.bit_depth == b.bit_depth
+        and len(a.frames) == len(b.frames)
+        and all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames))
+        and a.durations == b.durations
+        and (not a.durations or a.loop == b.loop)
+        and tuple(a.metadata) == tuple(b.metadata)
+    )
 
 
 def compress_many(
@@ -337,12 +195,13 @@ def compress_many(
     progress: bool | ProgressFactory = False,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    method: str = "auto",
+    strip: bool = False,
 ) -> list[bytes]:
-    """Compress images (Pillow images, uint8 arrays or paths) to .nnc bytes (one file
-    each), coded together in one schedule."""
-    factory = _tqdm_factory if progress is True else (progress or None)
+    """Compress images (see ImageInput) to .nnc bytes (one file each)."""
     results = compress_detailed(
-        images, model, device, tile, progress=factory, max_pixels=max_pixels
+        images, model, device, tile, progress=_factory(progress), max_pixels=max_pixels,
+        method=method, strip=strip,
     )
     return [r.data for r in results]
 
@@ -354,12 +213,35 @@ def compress(
     tile: int | tuple[int, int] | None = None,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    method: str = "auto",
+    strip: bool = False,
 ) -> bytes:
-    """Compress one image to the bytes of a .nnc file. ``image``: a Pillow image, a uint8
-    numpy array (HxW greyscale, HxWx3 RGB, HxWx4 RGBA with opaque alpha) or a path (str or
-    pathlib.Path) to an image file; anything else raises TypeError."""
-    one = as_image(image, max_pixels)  # here, so that a TypeError speaks of one image
-    return compress_many([one], model, device, tile, max_pixels=max_pixels)[0]
+    """Compress one image to the bytes of a .nnc file. ``image``: a Pillow image, a numpy
+    array (HxW greyscale, HxWx3 RGB, HxWx4 RGBA; uint8 or uint16), a path (str or
+    pathlib.Path) or the bytes of an image file; anything else raises TypeError."""
+    one = _content(image, max_pixels, strip)  # here, so that a TypeError speaks of one image
+    return compress_many([one], model, device, tile, method=method)[0]
+
+
+def decompress_detailed(
+    blobs: Sequence[bytes | str | Path],
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    progress: bool | ProgressFactory = False,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_batch: int | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Decoded]:
+    """Decode .nnc files (bytes, or paths to files) on ``device`` ("auto": CUDA if there
+    is one), whatever device wrote them, to their header and Content. Model parts with
+    the same model decode together, in batches of at most ``max_batch`` tiles. A header
+    claiming more than ``max_pixels`` pixels (all frames; None: no limit but the format's)
+    raises UnsupportedImageError before anything is decoded. ``names``: for messages."""
+    parsed = _blob_list(blobs)
+    given = load_model(model) if model is not None else None
+    dev = resolve_device(device)
+    return decode_files(parsed, given, dev, max_batch, _factory(progress), max_pixels, names)
 
 
 def decompress_many(
@@ -372,80 +254,21 @@ def decompress_many(
     max_batch: int | None = None,
     names: Sequence[str] | None = None,
 ) -> list[Image.Image]:
-    """Decode .nnc files (bytes, or paths to files) on ``device`` ("auto": CUDA if there
-    is one), whatever device wrote them. Files with the same model and tile size are
-    decoded together, in batches of at most ``max_batch`` tiles. A header claiming more
-    than ``max_pixels`` pixels (None: no limit but the format's) raises
-    UnsupportedImageError before anything is decoded. ``names``: the files' names, for
-    messages."""
-    factory = _tqdm_factory if progress is True else (progress or None)
-    parsed = [container.unpack(b) for b in _blob_list(blobs)]
-    for h, _ in parsed:
-        check_pixel_count(h.width, h.height, max_pixels)
-    given = load_model(model) if model is not None else None
-    dev = resolve_device(device)
-    if max_batch is None:
-        max_batch = DEFAULT_MAX_BATCH[dev.type]
-    out: list[Image.Image | None] = [None] * len(parsed)
-    # A tile's tables depend on nothing but the model and its own pixels: files sharing a
-    # model decode together in any batches (one schedule per tile size), on any device.
-    groups: dict[bytes, list[int]] = {}
-    for i, (h, _) in enumerate(parsed):
-        groups.setdefault(h.model_digest, []).append(i)
-    for idx in groups.values():
-        h0 = parsed[idx[0]][0]
-        lm = _decode_model(h0, given)
-        _require_integer(lm)
-        per_file = []
-        for i in idx:
-            h, payload = parsed[i]
-            _check_against(h, lm)
-            grid = TileGrid(h.height, h.width, h.tile_h, h.tile_w)
-            streams = container.split_streams(h, payload)
-            ranges = chunk_ranges(grid.count, h.chunk_tiles)
-            per_file.append([DecodeJob(grid, r, st) for r, st in zip(ranges, streams)])
-        model_ = lm.model.to(dev).eval()
-        _run_by_tile(model_, [j for js in per_file for j in js], dev, max_batch, factory, "decode")
-        for i, chunks in zip(idx, per_file):
-            h = parsed[i][0]
-            planes = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
-            image = Picture(planes, h.mode).to_pil()
-            crc = container.content_crc32(h.mode, h.width, h.height, h.bit_depth, image.tobytes())
-            if crc != h.pixel_crc32:
-                raise IntegrityError(_crc_message(names[i] if names else None))
-            out[i] = image
-    return [im for im in out if im is not None]
-
-
-def _crc_message(name: str | None) -> str:
-    """The payload's own checksum matched, so the coding computation differed: a bug."""
-    what = f"{name}: " if name else ""
-    return (
-        f"{what}decoded pixels do not match the stored checksum although the payload is "
-        "intact: this is a bug in nncompress, please report it with the file"
+    """decompress_detailed, each file as a Pillow image (see decompress)."""
+    decoded = decompress_detailed(
+        blobs, model, device, progress, max_pixels=max_pixels, max_batch=max_batch, names=names
     )
+    return [_pil(d) for d in decoded]
 
 
-def _decode_model(h: container.Header, given: LoadedModel | None) -> LoadedModel:
-    lm = given if given is not None else _zoo_load(h.model_name)
-    _check_against(h, lm)
-    return lm
+def _pil(d: Decoded) -> Image.Image:
+    if d.is_jpeg:
+        import io
 
-
-def _check_against(h: container.Header, lm: LoadedModel) -> None:
-    """The file's model digest and coded channels against the model's."""
-    if lm.digest != h.model_digest:
-        raise ModelMismatchError(
-            f"file was encoded with model {h.model_name!r} (digest {h.model_digest.hex()[:12]}), "
-            f"but model {lm.name!r} has digest {lm.digest.hex()[:12]}"
-        )
-    # The digest fixes the model, not the mode byte: a header claiming another channel
-    # count would otherwise fail inside Pillow with an untyped error.
-    if lm.model.channels != h.channels_coded:
-        raise FormatError(
-            f"file says mode {h.mode} ({h.channels_coded} coded channels), but its model "
-            f"{lm.name!r} codes {lm.model.channels} (damaged or forged header)"
-        )
+        im = Image.open(io.BytesIO(d.content.jpeg))
+        im.load()
+        return im
+    return to_pil(d.content)
 
 
 def decompress(
@@ -456,8 +279,22 @@ def decompress(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Image.Image:
     """Decode one .nnc file (its bytes, or a path to it) to a Pillow image with the original
-    pixels and mode."""
+    pixels and mode (16-bit greyscale: mode I;16). Animations and 16-bit colour images do
+    not fit a Pillow image: UnsupportedImageError, use decompress_content. A file that
+    keeps a JPEG gives that JPEG, opened."""
     return decompress_many([_blob(data)], model, device, max_pixels=max_pixels)[0]
+
+
+def decompress_content(
+    data: bytes | str | Path,
+    model: str | Path | LoadedModel | None = None,
+    device: str = "auto",
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Content:
+    """Decode one .nnc file to its Content: every frame's samples at their bit depth,
+    durations, metadata (content.to_png writes it all as a PNG file)."""
+    return decompress_detailed([_blob(data)], model, device, max_pixels=max_pixels)[0].content
 
 
 @dataclass
@@ -487,20 +324,13 @@ def iter_scores(
     for im in images:
         pic = to_picture(im if isinstance(im, Image.Image) else as_image(im))
         if pic.channels not in models:
-            models[pic.channels] = _model_for(model, pic.channels, dev.type)
+            models[pic.channels] = model_for(model, pic.channels, dev.type)
         lm = models[pic.channels]
         th, tw = model_tile(lm, tile)
-        grid = _grid(pic, th, tw)
-        th, tw = grid.tile_h, grid.tile_w
-        net = lm.model.to(dev).eval()
-        tiles = torch.from_numpy(grid.split(pic.planes, net.padding))
-        bits = []
-        with torch.no_grad():
-            for s in range(0, len(tiles), max_batch):
-                lp = net.log_prob(tiles[s : s + max_batch].to(dev))  # (b, C, th, tw) nats
-                bits.append((-lp.sum(1) / math.log(2)).float().cpu())
-        bmap = grid.join(torch.cat(bits).unsqueeze(1).numpy())[0]
-        yield ScoreResult(float(bmap.sum() / pic.subpixels), bmap, pic.subpixels, lm.name, (th, tw))
+        th, tw = min(th, pic.height), min(tw, pic.width)
+        total, bmap = score_planes(lm, pic.planes, dev, (th, tw), max_batch)
+        bmap = bmap.astype(np.float32)
+        yield ScoreResult(total / pic.subpixels, bmap, pic.subpixels, lm.name, (th, tw))
 
 
 def score_detailed(
@@ -547,8 +377,9 @@ def sample(
     jobs = [SampleJob(grid, rng) for _ in range(n)]
     net = lm.model.to(dev).eval()
     mode = "L" if net.channels == 1 else "RGB"
+    bar = factory(h * w, "sample") if factory is not None else None
     with coding_context(dev, default_cpu_threads()):
-        run_schedule(net, jobs, h, w, max(1, n), _progress_for(factory, h * w, "sample"))
+        run_schedule(net, jobs, h, w, max(1, n), bar)
     return [Picture(job.tiles[0], mode).to_pil() for job in jobs]
 
 

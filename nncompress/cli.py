@@ -422,9 +422,22 @@ def _usage_conflicts(force: bool, skip_existing: bool) -> None:
 @_skip_option
 @_max_pixels_option
 @click.option(
+    "--method",
+    type=click.Choice(["auto", "model", "jxl", "webp", "png", "store", "jpeg"]),
+    default="auto",
+    show_default=True,
+    help="How to code each image: auto (the smallest of the model and the classical "
+    "codecs; a JPEG kept as that JPEG, recompressed by JPEG-XL), or force one.",
+)
+@click.option(
+    "--strip",
+    is_flag=True,
+    help="Drop metadata (ICC profile, EXIF, XMP, text, dpi) instead of carrying it.",
+)
+@click.option(
     "--verify",
     is_flag=True,
-    help="Decode every file just written and compare its pixels before reporting success.",
+    help="Decode every file just written and compare it with the input before success.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
 @_progress_option
@@ -439,22 +452,27 @@ def encode(
     force,
     skip_existing,
     max_pixels,
+    method,
+    strip,
     verify,
     quiet,
     progress,
 ) -> None:
-    """Compress images (PNG, WebP, ..., folders of them searched recursively, or - for
-    stdin) to .nnc files.
+    """Compress images (PNG, JPEG, WebP, GIF, TIFF, ..., folders of them searched
+    recursively, or - for stdin) to .nnc files, exactly: bit depth (8 or 16), alpha, every
+    frame of an animation and the metadata are kept; what cannot be kept is refused.
 
-    All inputs are coded together, in one schedule, and each gets its own file (default:
-    IN with the suffix .nnc, beside it). Prints size, bits/subpixel, the model's ideal
-    bits/subpixel, and the ratio to PNG.
+    Each image is coded by the smallest of the learned model and the classical lossless
+    codecs (JPEG-XL, WebP, PNG; --method). Model coding of all inputs shares one
+    schedule, and each input gets its own file (default: IN with the suffix .nnc, beside
+    it). Prints size, bits/subpixel, the method, and the ratio to PNG and to the input.
 
     An existing output is not overwritten without --force. With several inputs, an input
     that cannot be coded (its output exists, it is unreadable, ...) is reported and the
     others are coded; a summary line ends the run, whose exit status is 1 if any failed.
     """
-    from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_image, to_picture
+    from .content import read_content
+    from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 
     _usage_conflicts(force, skip_existing)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -463,7 +481,7 @@ def encode(
         raise _Fail("stdin (-) can only be encoded alone")
     outs = _outputs(inputs, output, NNC_SUFFIX, "stdin")
     tally = _Tally(len(inputs), "encoded", quiet)
-    todo = []  # (src, dst, image, coded channels)
+    todo = []  # (src, dst, content)
     for src, dst in zip(inputs, outs):  # every output checked before hours of work
         problem = _output_problem(dst, force)
         if problem is not None and problem[0] == "exists" and skip_existing:
@@ -473,8 +491,7 @@ def encode(
             tally.fail(problem[1])
             continue
         try:
-            image = open_image(_read_input(src), limit, "--max-pixels")
-            todo.append((src, dst, image, to_picture(image).channels))
+            todo.append((src, dst, read_content(_read_input(src), limit, strip)))
         except NncError as e:
             tally.fail(f"{src}: {e}")
         except _Fail as e:
@@ -483,68 +500,65 @@ def encode(
             tally.fail(f"{src}: {e.strerror or e}")
     if todo:
         _encode_and_write(
-            todo, model, device, tile, max_batch, force, limit, quiet, progress, tally, verify
+            todo, model, device, tile, max_batch, force, quiet, progress, tally, verify, method
         )
     tally.finish()
 
 
 def _encode_and_write(
-    todo, model, device, tile, max_batch, force, limit, quiet, progress, tally, verify=False
+    todo, model, device, tile, max_batch, force, quiet, progress, tally, verify, method
 ):
-    """Code the images of ``todo`` (one schedule per model, as api.compress_detailed
-    would), write each file, report each."""
+    """Code the contents of ``todo`` (model parts in one schedule per model, as
+    api.compress_detailed does), write each file, report each. If coding them together
+    fails, each is coded alone so that the failure is the one input's."""
     from . import api
     from .runtime import resolve_device
 
     dev = resolve_device(device)
     given = api.load_model(model) if model else None
-    models: dict[int, Any] = {}  # coded channels -> LoadedModel, or the error choosing one
-    groups: dict[bytes, tuple[Any, list[tuple[str, str, Any]]]] = {}
-    for src, dst, image, channels in todo:
-        if channels not in models:
-            try:
-                models[channels] = api._model_for(given, channels, dev.type)
-            except NncError as e:
-                models[channels] = e
-        lm = models[channels]
-        if isinstance(lm, NncError):
-            tally.fail(f"{src}: {lm}")
-            continue
-        groups.setdefault(lm.digest, (lm, []))[1].append((src, dst, image))
-    if dev.type == "cpu" and not quiet:
-        rates = {digest: _loaded_rate(lm) for digest, (lm, _) in groups.items()}
-        _warn_if_slow(
-            [
-                (lm.name, rates[digest], im.width * im.height)
-                for digest, (lm, items) in groups.items()
-                for *_, im in items
-            ],
-            "encoding",
-            _gpu_hint(),
-        )
+    if dev.type == "cpu" and not quiet and method in ("auto", "model"):
+        _warn_if_slow_encode([c for *_, c in todo], given, method)
     factory = api._tqdm_factory if _progress(progress) else None
-    for lm, items in groups.values():
-        results = api.compress_detailed(
-            [im for *_, im in items],
-            lm,
-            device,
-            tile,
-            max_batch,
-            progress=factory,
-            max_pixels=limit,
-            verify=verify,
+
+    def run(items):
+        return api.compress_detailed(
+            [c for *_, c in items], given, device, tile, max_batch, progress=factory,
+            max_pixels=None, verify=verify, method=method,
         )
-        for (src, dst, im), res in zip(items, results):
-            if not _write_reported(dst, res.data, force, tally):
-                continue
-            if not quiet:
-                png = _png_size(im)
-                click.echo(
-                    f"{src} -> {dst}: {len(res.data):,} bytes, "
-                    f"{res.bits_per_subpixel:.3f} bits/subpixel "
-                    f"(model {res.model_bits_per_subpixel:.3f}), {len(res.data) / png:.3f}x PNG",
-                    err=dst == STDIO,
-                )
+
+    try:
+        batches = [(todo, run(todo))]
+    except NncError:
+        if len(todo) == 1:
+            raise
+        batches = []
+        for item in todo:
+            try:
+                batches.append(([item], run([item])))
+            except NncError as e:
+                tally.fail(f"{item[0]}: {e}")
+    for items, results in batches:
+        for (src, dst, content), res in zip(items, results):
+            if _write_reported(dst, res.data, force, tally) and not quiet:
+                click.echo(f"{src} -> {dst}: {_encode_report(content, res)}", err=dst == STDIO)
+
+
+def _encode_report(content, res) -> str:
+    """bytes, bits/subpixel, method (and the model's ideal cost), ratios to PNG and to
+    the input file."""
+    from .content import to_png
+
+    method = res.method
+    if res.model_name:
+        method += f" {res.model_name}, ideal {res.model_bits_per_subpixel:.3f}"
+    line = f"{len(res.data):,} bytes, {res.bits_per_subpixel:.3f} bits/subpixel ({method})"
+    if res.method != "jpeg":
+        line += f", {len(res.data) / len(to_png(content.stripped())):.3f}x PNG"
+    if res.source_bytes:
+        line += f", {len(res.data) / res.source_bytes:.3f}x the {res.source_format} file"
+        if res.source_format == "JPEG" and res.method != "jpeg":
+            line += " (a JPEG's pixels cost more than the JPEG itself)"
+    return line
 
 
 def _write_reported(dst: str, data: bytes, force: bool, tally: _Tally) -> bool:
@@ -563,10 +577,30 @@ def _write_reported(dst: str, data: bytes, force: bool, tally: _Tally) -> bool:
     return True
 
 
-def _png_size(image) -> int:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=PNG_LEVEL)
-    return buf.tell()
+def _warn_if_slow_encode(contents, given, method: str) -> None:
+    """_warn_if_slow for the model's share of an encode on the CPU: the 8-bit frames it
+    may code (with --method auto the model runs only where its score can win, so this
+    is an upper bound of the coding time; the score pass itself is much cheaper)."""
+    from .planes import model_for
+
+    work = []
+    rates: dict[int, tuple[str, float] | None] = {}
+    for c in contents:
+        if c.bit_depth != 8 or (c.jpeg is not None and method == "auto"):
+            continue
+        ch = c.channels - (1 if c.has_alpha else 0)
+        if ch not in rates:
+            try:
+                lm = model_for(given, ch, "cpu")
+                rates[ch] = (lm.name, _loaded_rate(lm))
+            except NncError:
+                rates[ch] = None
+        if rates[ch] is not None:
+            work.append((rates[ch][0], rates[ch][1], c.width * c.height * len(c.frames)))
+    hint = _gpu_hint()
+    if method == "auto":
+        hint = "if the model wins over the classical codecs; " + hint
+    _warn_if_slow(work, "encoding", hint)
 
 
 def _model_params(info: dict[str, Any], count: Callable[[], int]) -> int:
@@ -691,6 +725,7 @@ def decode(
     decoded; a summary line ends the run, whose exit status is 1 if any failed.
     """
     from . import container
+    from .files import parse
     from .images import DEFAULT_MAX_PIXELS, check_pixel_count
 
     _usage_conflicts(force, skip_existing)
@@ -698,14 +733,43 @@ def decode(
     inputs = _expand_folders(inputs, frozenset({NNC_SUFFIX}), "nncompress files")
     if len(inputs) > 1 and STDIO in inputs:
         raise _Fail("stdin (-) can only be decoded alone")
-    outs = _outputs(inputs, output, ".png", "stdin")
+    _outputs(inputs, output, ".png", "stdin")  # -o checked before any work
     named = output is not None and not Path(output).is_dir()  # -o FILE or -: no other name
     tally = _Tally(len(inputs), "decoded", quiet)
+    parsed = []  # (src, blob, file) of the readable inputs
+    for src in inputs:
+        try:
+            blob = _read_input(src, container.MAX_FILE_BYTES)
+            f = parse(blob)
+            h = f.header
+            check_pixel_count(h.width, h.height * h.frames, limit, "--max-pixels")
+        except NncError as e:
+            tally.fail(f"{src}: {e}")
+            continue
+        except _Fail as e:
+            tally.fail(e.message)
+            continue
+        except OSError as e:
+            tally.fail(f"{src}: {e.strerror or e}")
+            continue
+        parsed.append((src, blob, f))
+    # A file that keeps a JPEG decodes to that JPEG: IN.jpg.
+    outs = [
+        _outputs([src], output, ".jpg" if _is_jpeg(f) else ".png", "stdin")[0]
+        for src, _, f in parsed
+    ]
+    if len(set(outs) - {STDIO}) != len([o for o in outs if o != STDIO]):
+        raise _Fail("two inputs would write the same output; use -o DIR or rename inputs")
     defaults = set(outs) - {STDIO}
     taken: set[str] = set()
     todo = []  # (src, dst, note, blob, header)
-    for src, dst in zip(inputs, outs):
+    for (src, blob, f), dst in zip(parsed, outs):
         note = ""
+        if named and _is_jpeg(f) and dst != STDIO and Path(dst).suffix.lower() not in (
+            ".jpg", ".jpeg"
+        ):
+            tally.fail(f"{src}: this file keeps a JPEG; name the output .jpg, not {dst}")
+            continue
         problem = _output_problem(dst, force)
         if problem is not None and problem[0] == "exists":
             if skip_existing:
@@ -721,35 +785,27 @@ def decode(
         if problem is not None:
             tally.fail(problem[1])
             continue
-        try:
-            blob = _read_input(src, container.MAX_FILE_BYTES)
-            header, _ = container.unpack(blob)
-            check_pixel_count(header.width, header.height, limit, "--max-pixels")
-        except NncError as e:
-            tally.fail(f"{src}: {e}")
-            continue
-        except _Fail as e:
-            tally.fail(e.message)
-            continue
-        except OSError as e:
-            tally.fail(f"{src}: {e.strerror or e}")
-            continue
         taken.add(dst)
-        todo.append((src, dst, note, blob, header))
+        todo.append((src, dst, note, blob, f.header))
     if todo:
         _decode_and_write(todo, model, device, force, limit, quiet, progress, tally, max_batch)
     tally.finish()
+
+
+def _is_jpeg(f) -> bool:
+    return f.header.parts[0].method == "jpeg"
 
 
 def _decode_and_write(
     todo, model, device, force, limit, quiet, progress, tally, max_batch=None
 ) -> None:
     from . import api
+    from .content import to_png
 
     given = api.load_model(model) if model else None
     if not quiet:
-        _warn_if_slow_decode([(header, given) for *_, header in todo], device)
-    images = api.decompress_many(
+        _warn_if_slow_decode([(blob, given) for *_, blob, _ in todo], device)
+    decoded = api.decompress_detailed(
         [blob for *_, blob, _ in todo],
         given,
         device,
@@ -758,16 +814,23 @@ def _decode_and_write(
         max_batch=max_batch,
         names=[src for src, *_ in todo],
     )
-    for (src, dst, note, _, _), im in zip(todo, images):
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        if _write_reported(dst, buf.getvalue(), force, tally) and not quiet:
-            click.echo(f"{src} -> {dst}{note}: {im.width}x{im.height} {im.mode}", err=dst == STDIO)
+    for (src, dst, note, _, h), d in zip(todo, decoded):
+        data = d.content.jpeg if d.is_jpeg else to_png(d.content)
+        if _write_reported(dst, data, force, tally) and not quiet:
+            what = "the JPEG file" if d.is_jpeg else f"{h.width}x{h.height} {h.mode}"
+            if not d.is_jpeg and h.bit_depth != 8:
+                what += f" {h.bit_depth}-bit"
+            if h.frames > 1:
+                what += f", {h.frames} frames"
+            if d.content.metadata:
+                what += f", {len(d.content.metadata)} metadata items"
+            click.echo(f"{src} -> {dst}{note}: {what}", err=dst == STDIO)
 
 
-def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
-    """_warn_if_slow for the files (header, model given or None) when they decode on the
-    CPU (any file decodes on any device)."""
+def _warn_if_slow_decode(files: Sequence[tuple[bytes, Any]], device: str) -> None:
+    """_warn_if_slow for the model parts of the files (blob, model given or None) when
+    they decode on the CPU (any file decodes on any device)."""
+    from .files import model_parts
     from .runtime import resolve_device
 
     try:
@@ -778,12 +841,17 @@ def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
         return
     rates: dict[str, float | None] = {}
     work = []
-    for header, given in files:
-        name = given.name if given is not None else header.model_name
-        if name not in rates:
-            rates[name] = _loaded_rate(given) if given is not None else _named_rate(name)
-        if rates[name] is not None:
-            work.append((name, rates[name], header.width * header.height))
+    for blob, given in files:
+        try:
+            parts = model_parts(blob)
+        except NncError:
+            continue  # decoding reports it
+        for header in parts:
+            name = given.name if given is not None else header.model_name
+            if name not in rates:
+                rates[name] = _loaded_rate(given) if given is not None else _named_rate(name)
+            if rates[name] is not None:
+                work.append((name, rates[name], header.width * header.height))
     _warn_if_slow(work, "decoding", _gpu_hint())
 
 
@@ -792,18 +860,21 @@ def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @_handle_errors
 def info(files, as_json) -> None:
-    """Show the header of .nnc files in human-readable form."""
+    """Show what .nnc files hold: method, mode, bit depth, size, frames, parts, model,
+    metadata carried."""
     from . import container
+    from .files import describe, parse
 
     rows = []
     for f in files:
         data = _read_input(f, container.MAX_FILE_BYTES)
         try:
-            header, payload = container.unpack(data)
+            d = describe(parse(data))
         except NncError as e:
             raise _Fail(f"{f}: {e}") from None
-        d = container.describe(header, len(payload))
+        samples = d["width"] * d["height"] * d["frames"] * len(d["mode"])
         d = {"file": f, "file_bytes": len(data), **d}
+        d["bits_per_subpixel"] = round(8 * len(data) / samples, 4)
         rows.append(d)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -811,7 +882,12 @@ def info(files, as_json) -> None:
     for d in rows:
         width = max(len(k) for k in d)
         for k, v in d.items():
-            click.echo(f"{k:<{width}}  {v}")
+            if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+                click.echo(f"{k:<{width}}  {v[0]}")
+                for x in v[1:]:
+                    click.echo(f"{'':<{width}}  {x}")
+            else:
+                click.echo(f"{k:<{width}}  {v if v != [] else '-'}")
         click.echo()
 
 

@@ -180,15 +180,17 @@ def run_schedule(
     tile_w: int,
     max_batch: int,
     progress: ProgressFn | None = None,
+    replicate: bool = False,
 ) -> None:
     """Run the step loop for ``jobs`` (fills each job's ``tiles``), in batches of
-    plan_batches(jobs, max_batch)."""
+    plan_batches(jobs, max_batch). ``replicate``: greyscale through an RGB model — only
+    channel 0 is coded at each pixel, the others are set equal to it (FORMAT.md)."""
     integer = bool(getattr(model.distribution, "integer_tables", False))
     for job in jobs:
         job.tiles = np.zeros((job.count, model.channels, tile_h, tile_w), dtype=np.uint8)
         job.integer = integer
     for batch in plan_batches(jobs, max_batch):
-        _run_batch(model, batch, tile_h, tile_w, progress)
+        _run_batch(model, batch, tile_h, tile_w, progress, replicate)
 
 
 class ChannelPmfs:
@@ -265,6 +267,7 @@ def _run_batch(
     tile_h: int,
     tile_w: int,
     progress: ProgressFn | None,
+    replicate: bool = False,
 ) -> None:
     n = sum(job.count for job in members)
     stepper: Stepper = model.stepper(n, tile_h, tile_w)
@@ -274,6 +277,7 @@ def _run_batch(
         stepper.distribution, runner, n, model.channels, device, stepper.params_buffer
     )
     channels = model.channels
+    coded_channels = 1 if replicate else channels
     # Per slot of this batch: valid extent (0 for filler slots), owner and tile index.
     vh = np.zeros(n, dtype=np.int64)
     vw = np.zeros(n, dtype=np.int64)
@@ -305,11 +309,13 @@ def _run_batch(
                 values = np.zeros((n, channels), dtype=np.int64)
             coded = [_coded_rows(job, lo, hi, t0, valid) for job, lo, hi, t0 in spans]
         pmfs.set_params(stepper.params_at(y, x))  # (n, P) on device
-        for c in range(channels):
+        for c in range(coded_channels):
             probs = pmfs(c, values)  # (n, 256), float32 values
             for job, rows, tiles in coded:
                 if len(tiles):
                     values[rows, c] = job.exchange(tiles, y, x, c, probs[rows])
+        if replicate:
+            values[:, 1:] = values[:, :1]
         mirror[:, :, y, x] = values
         stepper.write(y, x, torch.from_numpy(values))
         if progress is not None:

@@ -114,19 +114,26 @@ def open_image(
     ``check_pixel_count``) before the pixels are read, in place of Pillow's own
     decompression-bomb limit; without it, Pillow's limit applies.
     """
+    if isinstance(source, bytes):
+        # Left open (memory only): the frames of an animation are read when seeked to.
+        return _open_fp(io.BytesIO(source), max_pixels, option)
     try:
-        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        fp = open(source, "rb")  # noqa: SIM115
     except OSError as e:
         raise UnsupportedImageError(f"cannot read {source}: {e.strerror or e}") from None
     with fp:
-        try:
-            if max_pixels is None:
-                img = Image.open(fp)
-                img.load()
-            else:
-                img = _open_limited(fp, max_pixels, option)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UnsupportedImageError(f"not a readable image ({e})") from None
+        return _open_fp(fp, max_pixels, option)
+
+
+def _open_fp(fp, max_pixels: int | None, option: str) -> Image.Image:
+    try:
+        if max_pixels is None:
+            img = Image.open(fp)
+            img.load()
+        else:
+            img = _open_limited(fp, max_pixels, option)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UnsupportedImageError(f"not a readable image ({e})") from None
     return img
 
 

@@ -12,11 +12,12 @@ MODEL_DIR_ENV = "NNCOMPRESS_MODEL_DIR"  # extra folders (os.pathsep-separated), 
 MODEL_SUFFIX = ".safetensors"
 # Default model per number of coded channels: the first one installed is used. On CPU the
 # small photo model comes first: the GPU-sized one decodes many times slower there.
-# Only integer models write files (format 4: the same tables on every machine). made-mnist-int
-# is a digit model (28x28 tiles only): greyscale photos get the order-0 model unless asked.
+# Only integer models write files (the same tables on every machine). Greyscale planes are
+# coded by the RGB photo model (planes.py: the red channel, with green = blue = red), not by
+# made-mnist-int, a digit model (28x28 tiles only), which codes them only when asked for.
 DEFAULTS: dict[int, tuple[str, ...]] = {
     3: ("pixelcnnpp-photo-int", "pixelcnnpp-photo-small-int", "histogram-photo-int"),
-    1: ("pixelcnnpp-grey-int", "histogram-mnist-int"),
+    1: ("pixelcnnpp-photo-int", "pixelcnnpp-photo-small-int", "histogram-mnist-int"),
 }
 CPU_FIRST = ("pixelcnnpp-photo-small-int",)
 

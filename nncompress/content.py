@@ -1,0 +1,358 @@
+"""What an image file holds, exactly: every frame's samples at their own bit depth, the
+alpha channel, frame timing and metadata — read from a file (or a Pillow image, an array),
+and written back as PNG.
+
+``read_content`` stores everything it can carry and refuses (UnsupportedImageError, one
+line, before any coding) what it cannot: CMYK, float or 32-bit samples, frames of different
+sizes, 12-bit JPEGs, metadata it does not know (unless ``strip``). Bit depth comes from the
+file's own header, not from what Pillow hands back (Pillow reads a 16-bit RGB PNG as 8-bit
+RGB): 16-bit PNGs are read with imagecodecs (libpng), 16-bit greyscale through Pillow's
+I;16 modes. Palette images become RGB (RGBA if the palette has transparency), bilevel ones
+L: the same colours, written back as truecolour / greyscale PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+from . import metadata as meta
+from .errors import UnsupportedImageError
+from .images import DEFAULT_MAX_PIXELS, check_pixel_count, open_image
+
+CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+MODES = {c: m for m, c in CHANNELS.items()}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+#: Pillow modes read as they are (8-bit), and those converted on the way in.
+_DIRECT = ("L", "LA", "RGB", "RGBA")
+_CONVERTED = {"1": "L", "PA": "RGBA"}
+_SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+@dataclass(frozen=True)
+class Content:
+    """An image exactly: ``frames`` (H, W, C) arrays of ``bit_depth`` (uint8 / uint16)
+    in ``mode`` (C = 1..4: L, LA, RGB, RGBA), frame durations (ms; () for a still image),
+    the loop count (as Pillow reports it), metadata items, and for a JPEG input the file
+    itself (``jpeg``)."""
+
+    mode: str
+    bit_depth: int
+    frames: tuple[np.ndarray, ...]
+    durations: tuple[int, ...] = ()
+    loop: int = 0
+    metadata: tuple[meta.Item, ...] = ()
+    jpeg: bytes | None = field(default=None, repr=False)
+    source_format: str | None = None
+    source_bytes: int | None = None
+    #: Metadata of a JPEG input that only the JPEG file itself carries (see files.py).
+    uncarried: tuple[str, ...] = ()
+
+    @property
+    def height(self) -> int:
+        return int(self.frames[0].shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames[0].shape[1])
+
+    @property
+    def channels(self) -> int:
+        return CHANNELS[self.mode]
+
+    @property
+    def samples(self) -> int:
+        """Samples of all frames (the denominator of bits per subpixel)."""
+        return self.width * self.height * self.channels * len(self.frames)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.mode in ("LA", "RGBA")
+
+    def frame_bytes(self) -> list[bytes]:
+        """Each frame's samples as the content CRC reads them (16-bit little-endian)."""
+        dt = np.dtype("<u2") if self.bit_depth == 16 else np.uint8
+        return [np.ascontiguousarray(f, dtype=dt).tobytes() for f in self.frames]
+
+    def stripped(self) -> Content:
+        """Without metadata (what --strip keeps: the colour description) or the JPEG."""
+        return Content(
+            self.mode, self.bit_depth, self.frames, self.durations, self.loop,
+            tuple(meta.strip(self.metadata)), None, self.source_format, self.source_bytes,
+        )
+
+    def pixels_only(self) -> Content:
+        """The samples and frame timing alone (reference sizes of classical codecs)."""
+        return Content(self.mode, self.bit_depth, self.frames, self.durations, self.loop)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def read_content(
+    obj: object, max_pixels: int | None = DEFAULT_MAX_PIXELS, strip: bool = False
+) -> Content:
+    """Content of a path (str / os.PathLike), the bytes of an image file, a Pillow image
+    or a numpy array (HxW or HxWxC, C in 1..4, uint8 or uint16). TypeError for other types;
+    UnsupportedImageError for what cannot be stored exactly (see the module docstring).
+    ``strip``: drop metadata instead of carrying it (and instead of refusing what cannot
+    be carried)."""
+    from .container import MAX_PIXELS
+
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(obj, np.ndarray):
+        return _from_array(obj, limit)
+    if isinstance(obj, Image.Image):
+        check_pixel_count(obj.width, obj.height, limit)
+        return _from_pil(obj, None, strip)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return _from_file(bytes(obj), limit, strip)
+    if isinstance(obj, (str, os.PathLike)):
+        try:
+            data = Path(obj).read_bytes()
+        except OSError as e:
+            raise UnsupportedImageError(f"cannot read {obj}: {e.strerror or e}") from None
+        return _from_file(data, limit, strip)
+    raise TypeError(
+        "expected an image: a PIL.Image.Image, a numpy array (HxW, HxWx3 or HxWx4, uint8 or "
+        "uint16), a path (str or pathlib.Path) or the bytes of an image file, not "
+        f"{type(obj).__module__}.{type(obj).__qualname__}"
+    )
+
+
+def _from_array(a: np.ndarray, limit: int) -> Content:
+    shape = "x".join(map(str, a.shape)) or "()"
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in MODES):
+        raise UnsupportedImageError(
+            f"array of shape {shape} is not an image: expected HxW (greyscale), HxWx3 (RGB) "
+            "or HxWx4 (RGBA), height first"
+        )
+    if a.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedImageError(
+            f"array of dtype {a.dtype} is not supported: expected uint8 or uint16"
+        )
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise UnsupportedImageError("image has no pixels")
+    check_pixel_count(a.shape[1], a.shape[0], limit)
+    hwc = np.ascontiguousarray(a if a.ndim == 3 else a[:, :, None])
+    return Content(MODES[hwc.shape[2]], 16 if a.dtype == np.uint16 else 8, (hwc,))
+
+
+def _from_file(data: bytes, limit: int, strip: bool) -> Content:
+    depth = meta.declared_bit_depth(data[: 1 << 16])
+    if depth is not None and depth > 8 and data.startswith(_JPEG_SIGNATURE):
+        raise UnsupportedImageError(f"{depth}-bit JPEG is not supported")
+    image = open_image(data, limit, "--max-pixels")
+    # The JPEG file itself may be kept (all its segments inside): not when stripping.
+    # What a JPEG holds beyond the metadata we carry is refused only if it is not kept.
+    jpeg = data if image.format == "JPEG" and not strip else None
+    lost = meta.png_ignored_chunks(data)
+    if depth == 16 and data.startswith(_PNG_SIGNATURE) and image.mode not in _SIXTEEN:
+        content = _png16(data, image, strip, lost)
+    else:
+        content = _from_pil(image, depth, strip, lost, defer=jpeg is not None)
+    return Content(
+        content.mode, content.bit_depth, content.frames, content.durations, content.loop,
+        content.metadata, jpeg, image.format, len(data), content.uncarried,
+    )
+
+
+def _metadata(
+    image: Image.Image, strip: bool, lost: list[str] | None = None, defer: bool = False
+) -> tuple[tuple[meta.Item, ...], tuple[str, ...]]:
+    """The items carried, and what cannot be (refused here unless ``defer``)."""
+    items, unknown = meta.extract(image)
+    unknown = list(unknown) + list(lost or ())
+    if strip:
+        return tuple(meta.strip(items)), ()
+    if not defer:
+        meta.require_carried(unknown)
+    return tuple(items), tuple(unknown)
+
+
+def _png16(data: bytes, image: Image.Image, strip: bool, lost: list[str]) -> Content:
+    """A 16-bit PNG, read by libpng (imagecodecs) at its full depth."""
+    import imagecodecs
+
+    if getattr(image, "n_frames", 1) > 1:
+        raise UnsupportedImageError("16-bit animated PNG is not supported")
+    try:
+        a = imagecodecs.png_decode(data)
+    except Exception as e:  # noqa: BLE001 — the library's own exception types
+        raise UnsupportedImageError(f"not a readable PNG ({e})") from None
+    if a.dtype != np.uint16:
+        raise UnsupportedImageError("PNG declares 16 bits but does not decode to them")
+    hwc = np.ascontiguousarray(a if a.ndim == 3 else a[:, :, None])
+    if hwc.shape[2] not in MODES:
+        raise UnsupportedImageError(f"PNG with {hwc.shape[2]} channels is not supported")
+    if "transparency" in image.info:
+        raise UnsupportedImageError(
+            "16-bit PNG with a tRNS transparent colour is not supported (convert it to RGBA)"
+        )
+    items, _ = _metadata(image, strip, lost)
+    return Content(MODES[hwc.shape[2]], 16, (hwc,), metadata=items)
+
+
+def _frame_mode(image: Image.Image) -> str:
+    mode = image.mode
+    if mode == "P":
+        return "RGBA" if "transparency" in image.info or image.palette.mode == "RGBA" else "RGB"
+    if mode in ("L", "RGB") and "transparency" in image.info:
+        return mode + "A" if mode == "L" else "RGBA"
+    if mode in _CONVERTED:
+        return _CONVERTED[mode]
+    if mode in _DIRECT:
+        return mode
+    if mode in _SIXTEEN:
+        return "L;16"
+    raise UnsupportedImageError(
+        f"unsupported image mode {mode!r}: nncompress stores L, LA, RGB and RGBA at 8 or 16 "
+        "bits, palette and bilevel images as RGB / L"
+        + (" (converting CMYK to RGB would change the pixels)" if mode == "CMYK" else "")
+    )
+
+
+def _samples(image: Image.Image, mode: str) -> tuple[np.ndarray, int]:
+    if mode == "L;16":
+        a = np.asarray(image.convert("I;16") if image.mode != "I;16" else image)
+        return np.ascontiguousarray(a.astype(np.uint16)[:, :, None]), 16
+    im = image if image.mode == mode else image.convert(mode)
+    a = np.asarray(im, dtype=np.uint8)
+    return np.ascontiguousarray(a if a.ndim == 3 else a[:, :, None]), 8
+
+
+def _from_pil(
+    image: Image.Image,
+    declared: int | None,
+    strip: bool,
+    lost: list[str] | None = None,
+    defer: bool = False,
+) -> Content:
+    if image.width < 1 or image.height < 1:
+        raise UnsupportedImageError("image has no pixels")
+    n = getattr(image, "n_frames", 1)
+    if n == 1:
+        mode = _frame_mode(image)
+        hwc, depth = _samples(image, mode)
+        if declared == 16 and depth != 16:
+            raise UnsupportedImageError(
+                "the file declares 16 bits per sample but reads as 8 (not supported)"
+            )
+        items, uncarried = _metadata(image, strip, lost, defer)
+        return Content(
+            MODES[hwc.shape[2]], depth, (hwc,), metadata=items, uncarried=uncarried
+        )
+    return _animation(image, n, strip, lost)
+
+
+def _animation(image: Image.Image, n: int, strip: bool, lost: list[str] | None) -> Content:
+    """Every frame as Pillow composes it (full frames), in one mode: RGBA if any frame has
+    transparency, else the widest of the frames' modes."""
+    from .container.file import MAX_FRAMES
+
+    if n > MAX_FRAMES:
+        raise UnsupportedImageError(f"{n} frames: a .nnc file holds at most {MAX_FRAMES}")
+    check_pixel_count(image.width, image.height * n, DEFAULT_MAX_PIXELS * 4, "frames")
+    metadata, _ = _metadata(image, strip, lost)
+    frames, modes, durations = [], [], []
+    for frame in ImageSequence.Iterator(image):
+        mode = _frame_mode(frame)
+        if mode == "L;16":
+            raise UnsupportedImageError("16-bit animations are not supported")
+        modes.append(mode)
+        frames.append(frame.copy())
+        durations.append(int(round(frame.info.get("duration", 0) or 0)))
+        if frame.size != image.size:
+            raise UnsupportedImageError("frames of different sizes are not supported")
+    alpha = any(m.endswith("A") for m in modes)
+    colour = any(m.startswith("RGB") for m in modes)
+    mode = ("RGB" if colour else "L") + ("A" if alpha else "")
+    arrays = [_samples(f, mode)[0] for f in frames]
+    loop = image.info.get("loop")
+    return Content(
+        mode, 8, tuple(arrays), tuple(max(0, d) for d in durations),
+        int(loop) if isinstance(loop, int) else 1, metadata,
+    )
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def to_png(content: Content) -> bytes:
+    """The content as one PNG file (an animated PNG for several frames), its metadata
+    written into the PNG's chunks (nncompress.metadata.png_save_options)."""
+    options = meta.png_save_options(content.metadata) if content.metadata else {}
+    if content.bit_depth == 16 and content.mode != "L":
+        return _png16_out(content, options)
+    images = [_pil_frame(f, content.mode, content.bit_depth) for f in content.frames]
+    buf = io.BytesIO()
+    if len(images) == 1:
+        images[0].save(buf, format="PNG", **options)
+    else:
+        images[0].save(
+            buf, format="PNG", save_all=True, append_images=images[1:],
+            duration=list(content.durations), loop=content.loop, disposal=0, blend=0,
+            default_image=False, **options,
+        )
+    return buf.getvalue()
+
+
+def _pil_frame(a: np.ndarray, mode: str, depth: int) -> Image.Image:
+    if depth == 16:
+        return Image.fromarray(np.ascontiguousarray(a[:, :, 0], dtype="<u2"), mode="I;16")
+    return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, mode=mode)
+
+
+def _png16_out(content: Content, options: dict) -> bytes:
+    """16-bit colour PNG: libpng writes the pixels (Pillow has no 16-bit colour mode); the
+    metadata chunks come from a 1x1 PNG that Pillow writes with the same options."""
+    import imagecodecs
+
+    if len(content.frames) != 1:
+        raise UnsupportedImageError("16-bit animations are not supported")
+    png = bytes(imagecodecs.png_encode(content.frames[0], level=9))
+    if not options:
+        return png
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG", **options)
+    extra = [c for c in _chunks(buf.getvalue()) if c[4:8] not in (b"IHDR", b"IDAT", b"IEND")]
+    chunks = _chunks(png)
+    return _PNG_SIGNATURE + chunks[0] + b"".join(extra) + b"".join(chunks[1:])
+
+
+def _chunks(png: bytes) -> list[bytes]:
+    """The chunks of a PNG written here (length, type, data, CRC each)."""
+    out, at = [], len(_PNG_SIGNATURE)
+    while at < len(png):
+        n = int.from_bytes(png[at : at + 4], "big")
+        out.append(png[at : at + 12 + n])
+        at += 12 + n
+    return out
+
+
+def to_pil(content: Content) -> Image.Image:
+    """The first and only frame as a Pillow image (16-bit greyscale as I;16), with its
+    ICC profile, EXIF and dpi in ``info``. UnsupportedImageError for what a Pillow image
+    cannot hold (animations, 16-bit colour): use the Content or to_png()."""
+    if len(content.frames) > 1:
+        raise UnsupportedImageError(
+            f"the image has {len(content.frames)} frames; a Pillow image holds one "
+            "(use api.decompress_content, or to_png for an animated PNG)"
+        )
+    if content.bit_depth == 16 and content.mode != "L":
+        raise UnsupportedImageError(
+            f"16-bit {content.mode} does not fit a Pillow image (use api.decompress_content)"
+        )
+    im = _pil_frame(content.frames[0], content.mode, content.bit_depth)
+    for item in content.metadata:
+        if item.kind == "icc":
+            im.info["icc_profile"] = item.value
+        elif item.kind == "exif":
+            im.info["exif"] = item.value
+    return im
