@@ -947,14 +947,20 @@ def _write(ctx: Ctx, spec: Spec) -> dict:
 
 
 def build(
-    out_dir: str | Path, photos_dir: str | Path | None = None, small: bool = False
+    out_dir: str | Path,
+    photos_dir: str | Path | None = None,
+    small: bool = False,
+    scale: float | None = None,
 ) -> list[dict]:
     """Write the corpus to ``out_dir`` (created), return its entries (also in corpus.json).
-    ``small``: a quarter of the size, for tests. Photo-based kinds need ``photos_dir``."""
+    ``small``: a quarter of the size, for tests; ``scale``: any other factor (overrides
+    ``small``). Photo-based kinds need ``photos_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     photos, why_none = _rank_photos(Path(photos_dir) if photos_dir is not None else None)
-    ctx = Ctx(out=out, scale=SMALL_SCALE if small else 1.0, photos=photos)
+    if scale is None:
+        scale = SMALL_SCALE if small else 1.0
+    ctx = Ctx(out=out, scale=scale, photos=photos)
     entries, skipped = [], []
     for spec in SPECS:
         if spec.photo and not photos:
@@ -963,7 +969,7 @@ def build(
         entries.append(_write(ctx, spec))
     doc = {
         "version": CORPUS_VERSION,
-        "small": small,
+        "scale": scale,
         "photos_dir": None if photos_dir is None else str(photos_dir),
         "photos": len(photos),
         "images": entries,
