@@ -69,6 +69,10 @@ class Encoded:
     source_format: str | None = None
 
     @property
+    def subpixels(self) -> int:
+        return self.samples
+
+    @property
     def bits_per_subpixel(self) -> float:
         return 8 * len(self.data) / self.samples
 
