@@ -64,3 +64,28 @@ def tiny_pixelcnn(channels: int = 3, seed: int = 0):
         },
     )
     return m.eval()
+
+
+def model_part(data: bytes):
+    """The one model part of a .nnc file: (its format-4 style header, its coder streams),
+    the streams byte-identical to what format 4 stored as the payload."""
+    from nncompress import files
+    from nncompress.container import file as fmt
+
+    f = files.parse(data)
+    found = [d for e, d in f.parts() if e.method == "model"]
+    assert len(found) == 1, f"one model part expected: {[p.method for p in f.header.parts]}"
+    mode = "L" if f.header.mode in ("L", "LA") else "RGB"
+    return fmt.unpack_model_part(found[0], mode, f.header.width, f.header.height)
+
+
+def forged(data: bytes, **change) -> bytes:
+    """A format-5 file with header fields changed and its header CRC recomputed (a crafted
+    file: the part bytes are as they were)."""
+    import dataclasses
+
+    from nncompress import files
+    from nncompress.container import file as fmt
+
+    f = files.parse(data)
+    return fmt.pack(fmt.File(dataclasses.replace(f.header, **change), f.data))

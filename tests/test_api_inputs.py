@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
+from conftest import forged, random_image
 from PIL import Image
 
-from nncompress import api, container
+from nncompress import api, classical, files
 from nncompress.errors import UnsupportedImageError
 from nncompress.images import DEFAULT_MAX_PIXELS, as_image
 
@@ -55,9 +55,8 @@ def test_score_takes_arrays_and_paths(tmp_path, model_dir):
 @pytest.mark.parametrize(
     "array, needle",
     [
-        (np.zeros((4, 4), np.uint16), "16-bit"),
-        (np.zeros((4, 4, 3), np.uint16), "16-bit"),
         (np.zeros((4, 4, 3), np.float32), "dtype float32"),
+        (np.zeros((4, 4), np.int16), "dtype int16"),
         (np.zeros((4, 4), bool), "dtype bool"),
         (np.zeros((4, 4, 5), np.uint8), "shape 4x4x5"),
         (np.zeros((2, 4, 4, 3), np.uint8), "shape 2x4x4x3"),
@@ -65,15 +64,46 @@ def test_score_takes_arrays_and_paths(tmp_path, model_dir):
         (np.zeros((0, 4), np.uint8), "no pixels"),
     ],
 )
-def test_arrays_that_are_not_8_bit_images_are_refused_clearly(model_dir, array, needle):
+def test_arrays_that_are_not_images_are_refused_clearly(model_dir, array, needle):
     with pytest.raises(UnsupportedImageError, match=needle):
         api.compress(array, "hist-rgb", "cpu")
 
 
-def test_transparent_rgba_array_is_refused_as_for_images(model_dir):
-    rgba = np.zeros((3, 3, 4), np.uint8)
-    with pytest.raises(UnsupportedImageError, match="transparency"):
-        api.compress(rgba, "hist-rgb", "cpu")
+@pytest.mark.parametrize("shape", [(5, 4), (5, 4, 1), (5, 4, 3), (5, 4, 4)])
+def test_16_bit_arrays_are_kept_exactly(model_dir, shape):
+    rng = np.random.default_rng(len(shape))
+    a = rng.integers(0, 2**16, size=shape, dtype=np.uint16)
+    data = api.compress(a, "hist-rgb", "cpu")
+    assert files.parse(data).header.bit_depth == 16
+    back = api.decompress_content(data)
+    assert back.bit_depth == 16 and back.frames[0].dtype == np.uint16
+    assert np.array_equal(back.frames[0], a if a.ndim == 3 else a[:, :, None])
+    with pytest.raises(UnsupportedImageError, match="8-bit"):  # the model codes 8 bits only
+        api.compress(a, "hist-rgb", "cpu", method="model")
+
+
+@pytest.mark.parametrize("method", ["auto", "model"])
+def test_transparent_rgba_array_is_kept_exactly(model_dir, method):
+    rgba = np.asarray(random_image("RGB", 6, 5, seed=4))
+    rgba = np.concatenate([rgba, np.arange(30, dtype=np.uint8).reshape(5, 6, 1) * 8], axis=2)
+    data = api.compress(rgba, "hist-rgb", "cpu", method=method)
+    parts = files.parse(data).header.parts
+    if method == "model":  # colour by the model, alpha by a classical codec
+        assert [(p.method, p.planes) for p in parts][0] == ("model", "colour")
+        assert parts[1].planes == "alpha" and parts[1].method in classical.METHODS
+    out = api.decompress(data)
+    assert out.mode == "RGBA" and np.array_equal(pixels(out), rgba)
+
+
+def test_the_bytes_of_an_image_file_are_an_image(model_dir):
+    im = random_image("RGB", 7, 5, seed=6)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    data = api.compress(buf.getvalue(), "hist-rgb", "cpu")
+    assert data == api.compress(im, "hist-rgb", "cpu")
+    assert api.decompress(data).tobytes() == im.tobytes()
+    with pytest.raises(UnsupportedImageError, match="not a readable image"):
+        api.compress(b"\x89PNG...", "hist-rgb", "cpu")
 
 
 @pytest.mark.parametrize(
@@ -82,7 +112,7 @@ def test_transparent_rgba_array_is_refused_as_for_images(model_dir):
         (None, "NoneType"),
         (42, "int"),
         ([[1, 2], [3, 4]], "list"),
-        (b"\x89PNG...", "io.BytesIO"),
+        (io.BytesIO(b"\x89PNG..."), "io.BytesIO"),
         (torch.zeros(3, 4, 4, dtype=torch.uint8), "Tensor"),
     ],
 )
@@ -117,10 +147,11 @@ def test_max_pixels_refuses_large_images_before_any_work(tmp_path, model_dir, mo
     def no_coding(*args, **kwargs):
         raise AssertionError("coding started")
 
-    monkeypatch.setattr(api, "_encode_group", no_coding)
+    monkeypatch.setattr(api, "encode_contents", no_coding)
+    monkeypatch.setattr(classical, "encode", no_coding)
     im = random_image("RGB", 10, 10)
     im.save(tmp_path / "big.png")
-    for source in (im, pixels(im), tmp_path / "big.png"):
+    for source in (im, pixels(im), tmp_path / "big.png", (tmp_path / "big.png").read_bytes()):
         with pytest.raises(UnsupportedImageError, match=r"100 pixels.*limit of 99 .*max_pixels"):
             api.compress(source, "hist-rgb", "cpu", max_pixels=99)
         with pytest.raises(UnsupportedImageError, match="limit of 99"):
@@ -162,28 +193,20 @@ def test_none_lifts_the_limit_but_not_the_formats(model_dir):
         as_image(big, max_pixels=None)
 
 
-def _forged_large(data: bytes, width: int, height: int) -> bytes:
-    """The file with a header claiming width x height (4096-pixel tiles, and a schedule to
-    match where the header records one)."""
-    header, payload = container.unpack(data)
-    tiles = -(-width // 4096) * -(-height // 4096)
-    changes = {"width": width, "height": height, "tile_h": 4096, "tile_w": 4096}
-    schedule = {"first_slot": 0, "batch_slots": 1, "total_slots": tiles, "chunk_tiles": 1}
-    fields = {f.name for f in dataclasses.fields(header)}
-    changes.update({k: v for k, v in schedule.items() if k in fields})
-    return container.pack(dataclasses.replace(header, **changes), payload)
-
-
-def test_decompress_refuses_a_header_over_max_pixels_before_decoding(model_dir, monkeypatch):
-    data = api.compress(random_image("RGB", 8, 8), "hist-rgb", "cpu")
-    forged = _forged_large(data, 10000, 9000)  # 90,000,000 > DEFAULT_MAX_PIXELS
+@pytest.mark.parametrize("method", ["model", "png"])
+def test_decompress_refuses_a_header_over_max_pixels_before_decoding(
+    model_dir, monkeypatch, method
+):
+    data = api.compress(random_image("RGB", 8, 8), "hist-rgb", "cpu", method=method)
+    big = forged(data, width=10000, height=9000)  # 90,000,000 > DEFAULT_MAX_PIXELS
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoding started")
 
-    monkeypatch.setattr(api, "_decode_model", no_decoding)
+    monkeypatch.setattr(files, "decode_parts", no_decoding)
+    monkeypatch.setattr(classical, "decode", no_decoding)
     with pytest.raises(UnsupportedImageError, match=r"10000x9000.*limit of 89,478,485"):
-        api.decompress(forged)
+        api.decompress(big)
     with pytest.raises(UnsupportedImageError, match="limit of 63"):
         api.decompress_many([data], max_pixels=63)
 
