@@ -490,14 +490,28 @@ def weighted_nll(scores: Sequence[float], subpixels: Sequence[int]) -> float:
 
 
 def nnc_file_info(blob: bytes) -> dict[str, Any]:
-    """The model name and payload size recorded in a .nnc file ({} if unreadable here)."""
+    """What a .nnc file records: its method ("model", "png", "model+png", ...) and, when
+    the model coded a part, the model name and the payload size (the model parts' coder
+    streams, without their fields); {} if unreadable here."""
     try:
-        from nncompress import container
+        from nncompress import files
+        from nncompress.container import file as fmt
 
-        header, payload = container.unpack(blob)
+        f = files.parse(blob)
+        h = f.header
+        mode = "L" if h.mode in ("L", "LA") else "RGB"
+        models = [
+            fmt.unpack_model_part(d, mode, h.width, h.height)
+            for e, d in f.parts()
+            if e.method == "model"
+        ]
     except Exception:
         return {}
-    return {"model_name": header.model_name, "payload_bytes": len(payload)}
+    info: dict[str, Any] = {"method": h.method_summary()}
+    if models:
+        info["model_name"] = models[0][0].model_name
+        info["payload_bytes"] = sum(len(payload) for _, payload in models)
+    return info
 
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

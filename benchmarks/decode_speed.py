@@ -114,7 +114,7 @@ def bench_photo(api: Any, spec: str, sample: Sample, args: argparse.Namespace) -
     img = sample.image
 
     def encode(images: list[Image.Image]) -> list[bytes]:
-        return api.compress_many(images, tile=args.tile, **kw)
+        return api.compress_many(images, tile=args.tile, method="model", **kw)
 
     warm = common.center_crop(img, WARMUP_CROP, WARMUP_CROP)
     _check(common.make_sample("warm-up", warm), api.decompress_many(encode([warm]), **kw)[0], name)
@@ -157,7 +157,7 @@ def bench_folder(api: Any, spec: str, samples: Sequence[Sample], args: argparse.
     kw = {"model": model, "device": device}
     images = [s.image for s in samples]
     print(f"  {name}: folder of {len(images)} images ...", file=sys.stderr, flush=True)
-    blobs, enc_s = common.timed(api.compress_many, images, tile=args.tile, **kw)
+    blobs, enc_s = common.timed(api.compress_many, images, tile=args.tile, method="model", **kw)
     outs, dec_s = common.timed(api.decompress_many, blobs, **kw)
     for s, out in zip(samples, outs, strict=True):
         _check(s, out, f"model {name}, image {s.name}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from nncompress import api, container
+from nncompress import api, files
 
 REPO = Path(__file__).resolve().parent.parent
 VAL = REPO.parent / "shared" / "data" / "photos" / "val"
@@ -60,7 +60,7 @@ def encode_crops(photos: list[Path], out: Path, jobs: list[tuple[str, str, int]]
     out.mkdir(parents=True, exist_ok=True)
     for k, (model, device, side) in enumerate(jobs):
         im = Image.open(photos[5 * k]).convert("RGB").crop((100, 100, 100 + side, 100 + side))
-        (out / f"{k}-{device}.nnc").write_bytes(api.compress(im, model, device))
+        (out / f"{k}-{device}.nnc").write_bytes(api.compress(im, model, device, method="model"))
         im.save(out / f"{k}-{device}.png")
 
 
@@ -82,11 +82,12 @@ def check(here: Path, out: Path, val: Path) -> dict:
     encode_crops(photos, out / "there", [(PAIRS[0][1], "cuda", 64), (PAIRS[1][1], "cuda", 64),
                                          (PAIRS[0][1], "cpu", 48)])  # fmt: skip
     one = Image.open(photos[0]).convert("RGB")
-    api.decompress(api.compress(one.crop((0, 0, 64, 64)), PAIRS[1][1], "cuda"), device="cuda")
+    warm = api.compress(one.crop((0, 0, 64, 64)), PAIRS[1][1], "cuda", method="model")
+    api.decompress(warm, device="cuda")
     res["one_photo"] = {}
     for _, model in PAIRS:
         t = time.perf_counter()
-        data = api.compress(one, model, "cuda")
+        data = api.compress(one, model, "cuda", method="model")
         te = time.perf_counter() - t
         t = time.perf_counter()
         back = api.decompress(data, device="cuda")
@@ -104,7 +105,7 @@ def check(here: Path, out: Path, val: Path) -> dict:
             scores = api.score_detailed(ims, name, "cuda")
             row[f"{name} nll"] = sum(r.bits_per_subpixel * r.subpixels for r in scores) / sub
         t = time.perf_counter()
-        enc = api.compress_detailed(ims, it, "cuda")
+        enc = api.compress_detailed(ims, it, "cuda", method="model")
         row["encode_s_all"] = round(time.perf_counter() - t, 1)
         row["coded"] = sum(8 * len(e.data) for e in enc) / sub
         t = time.perf_counter()
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         res = decode_dir(a.dirs[0], "cpu")
         for f in sorted(a.dirs[0].glob("*.nnc")):
-            print(f.name, container.read_header(f.read_bytes()).encoder, res[f.name])
+            print(f.name, files.parse(f.read_bytes()).header.encoder, res[f.name])
         return 0 if all(res.values()) else 1
     return 0
 
