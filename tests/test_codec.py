@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import VAL_DIR, fitted_histogram, random_image, tiny_pixelcnn
+from conftest import VAL_DIR, fitted_histogram, forged, model_part, random_image, tiny_pixelcnn
 from PIL import Image
 
-from nncompress import api, container
+from nncompress import api, files
 from nncompress.codec import TileGrid, chunk_ranges, plan_batches
 from nncompress.modelfile import LoadedModel
 from nncompress.quant.convert import to_integer
@@ -64,7 +64,8 @@ def test_batches_are_packs_of_whole_chunks():
 def test_round_trip_odd_sizes(mode, size):
     lm = as_loaded(fitted_histogram(1 if mode == "L" else 3))
     im = random_image(mode, *size, seed=size[0])
-    data = api.compress(im, lm, "cpu")
+    data = api.compress(im, lm, "cpu", method="model")
+    assert files.parse(data).header.parts[0].method == "model"
     out = api.decompress(data, lm, "cpu")
     assert out.mode == mode and out.size == im.size
     assert np.array_equal(np.asarray(out), np.asarray(im))
@@ -73,11 +74,12 @@ def test_round_trip_odd_sizes(mode, size):
 def test_several_images_one_schedule_decoded_together_and_alone():
     lm = as_loaded(fitted_histogram(3))
     ims = [random_image("RGB", w, h, seed=w) for w, h in [(20, 11), (3, 30), (8, 8)]]
-    results = api.compress_detailed(ims, lm, "cpu", max_batch=4)
-    assert [r.header.chunk_tiles for r in results] == [4, 4, 1]  # 6, 4 and 1 tiles
+    results = api.compress_detailed(ims, lm, "cpu", max_batch=4, method="model")
+    assert [model_part(r.data)[0].chunk_tiles for r in results] == [4, 4, 1]  # 6, 4, 1 tiles
     # The same bytes as each image encoded alone (with the same chunk size).
     for r, im in zip(results, ims):
-        assert api.compress_detailed([im], lm, "cpu", max_batch=4)[0].data == r.data
+        alone = api.compress_detailed([im], lm, "cpu", max_batch=4, method="model")
+        assert alone[0].data == r.data
     blobs = [r.data for r in results]
     for max_batch in (1, 3, 64):  # any batching: tables depend on a tile's pixels only
         together = api.decompress_many(blobs, lm, "cpu", max_batch=max_batch)
@@ -95,8 +97,8 @@ def test_pixelcnn_file_decodes_with_any_batch_and_thread_count(threads):
 
     lm = as_loaded(tiny_pixelcnn(3, seed=4))
     ims = [random_image("RGB", 13, 10, seed=1), random_image("RGB", 5, 17, seed=2)]
-    blobs = api.compress_many(ims, lm, "cpu", tile=4)
-    assert blobs[0] == api.compress(ims[0], lm, "cpu", tile=4)
+    blobs = api.compress_many(ims, lm, "cpu", tile=4, method="model")
+    assert blobs[0] == api.compress(ims[0], lm, "cpu", tile=4, method="model")
     mp = pytest.MonkeyPatch()
     mp.setattr(runtime, "CODING_CPU_THREADS", threads)
     try:
@@ -112,6 +114,8 @@ def test_encoding_is_deterministic():
     lm = as_loaded(fitted_histogram(3))
     im = random_image("RGB", 19, 7)
     assert api.compress(im, lm, "cpu") == api.compress(im, lm, "cpu")
+    once = api.compress(im, lm, "cpu", method="model")
+    assert once == api.compress(im, lm, "cpu", method="model")
 
 
 @pytest.mark.skipif(not VAL_DIR.is_dir(), reason="shared photos not present")
@@ -120,11 +124,11 @@ def test_payload_within_one_percent_of_model_nll_on_a_photo():
     model = fitted_histogram(3)
     model.fit([np.asarray(photo).transpose(2, 0, 1)])
     lm = as_loaded(model)
-    res = api.compress_detailed([photo], lm, "cpu")[0]
+    res = api.compress_detailed([photo], lm, "cpu", method="model")[0]
     nll = api.score([photo], lm, "cpu")[0]
-    assert res.subpixels >= 10_000
+    assert res.subpixels >= 10_000 and res.model_samples == res.subpixels
     assert abs(res.model_bits_per_subpixel / nll - 1) < 1e-3  # coding PMFs = model
-    payload = container.unpack(res.data)[1]
+    payload = model_part(res.data)[1]
     assert 8 * len(payload) / res.subpixels / nll - 1 < 0.01  # range coder overhead < 1 %
     assert np.array_equal(np.asarray(api.decompress(res.data, lm, "cpu")), np.asarray(photo))
 
@@ -134,7 +138,9 @@ def test_round_trip_of_converted_and_alpha_modes(mode, coded):
     base = random_image("RGB", 23, 11, seed=5)
     im = base.quantize(32) if mode == "P" else base.convert(mode)
     lm = as_loaded(fitted_histogram(1 if coded in ("L", "LA") else 3))
-    out = api.decompress(api.compress(im, lm, "cpu"), lm, "cpu")
+    data = api.compress(im, lm, "cpu", method="model")
+    assert files.parse(data).header.parts[0].method == "model"
+    out = api.decompress(data, lm, "cpu")
     assert out.mode == coded
     want = im.convert(coded) if mode in ("P", "1") else im
     assert np.array_equal(np.asarray(out), np.asarray(want))
@@ -149,14 +155,14 @@ def test_cuda_round_trip_through_graphs_and_eager() -> None:
     m = to_integer(tiny_pixelcnn(3, seed=3))
     lm = LoadedModel("tiny", weights_digest(m.family, m.config_dict(), export_tensors(m)), m, {})
     images = [random_image("RGB", 37, 21, seed=1), random_image("RGB", 9, 30, seed=2)]
-    blobs = api.compress_many(images, lm, "cuda", tile=8)
+    blobs = api.compress_many(images, lm, "cuda", tile=8, method="model")
     for im, out in zip(images, api.decompress_many(blobs, lm, "cuda")):
         assert np.array_equal(np.asarray(out), np.asarray(im))
     assert api.decompress(blobs[1], lm, "cuda").tobytes() == images[1].tobytes()
     mp = pytest.MonkeyPatch()
     mp.setenv("NNCOMPRESS_CUDA_GRAPHS", "0")
     try:
-        assert api.compress_many(images, lm, "cuda", tile=8) == blobs
+        assert api.compress_many(images, lm, "cuda", tile=8, method="model") == blobs
     finally:
         mp.undo()
 
@@ -180,7 +186,8 @@ def test_coding_does_not_import_the_compiler() -> None:
         "import sys, numpy as np; from nncompress import api; from PIL import Image; "
         "from test_codec import as_loaded; from conftest import tiny_pixelcnn; "
         "im = Image.fromarray(np.zeros((5, 6, 3), np.uint8)); m = as_loaded(tiny_pixelcnn()); "
-        "out = api.decompress(api.compress(im, model=m, device='cpu'), model=m, device='cpu'); "
+        "data = api.compress(im, model=m, device='cpu', method='model'); "
+        "out = api.decompress(data, model=m, device='cpu'); "
         "assert out.tobytes() == im.tobytes(); "
         "print(sorted(k for k in sys.modules if k.startswith(('torch._inductor', 'torch._dyn'))))"
     )
@@ -191,33 +198,32 @@ def test_coding_does_not_import_the_compiler() -> None:
     assert res.stdout.strip() == "[]", res.stdout
 
 
-def _forged(data: bytes, **change) -> bytes:
-    """The file with header fields changed and the header CRC recomputed (a crafted file)."""
-    import dataclasses
-
-    header, payload = container.unpack(data)
-    return container.pack(dataclasses.replace(header, **change), payload)
-
-
 def test_forged_mode_with_another_channel_count_is_a_format_error():
-    from nncompress.errors import FormatError
+    from nncompress.errors import FormatError, IntegrityError
 
-    lm = as_loaded(fitted_histogram(3))
-    data = api.compress(random_image("RGB", 9, 7), lm, "cpu")
-    with pytest.raises(FormatError, match="mode L .1 coded channels., but its model"):
-        api.decompress(_forged(data, mode="L"), lm, "cpu")
+    grey = as_loaded(fitted_histogram(1))
+    data = api.compress(random_image("L", 9, 7), grey, "cpu", method="model")
+    with pytest.raises(FormatError, match="mode RGB .3 coded channels., but its model"):
+        api.decompress(forged(data, mode="RGB"), grey, "cpu")
+    # An RGB file claimed to be grey: an RGB model codes grey planes too (G = B = R), so
+    # the model part decodes, to pixels whose check fails (the mode is in the check).
+    rgb = as_loaded(fitted_histogram(3))
+    data = api.compress(random_image("RGB", 9, 7), rgb, "cpu", method="model")
+    with pytest.raises((IntegrityError, FormatError)):
+        api.decompress(forged(data, mode="L"), rgb, "cpu")
 
 
-def test_forged_swapped_shape_is_caught_by_the_pixel_check():
+@pytest.mark.parametrize("method", ["model", "png", "store"])
+def test_forged_swapped_shape_is_caught_by_the_pixel_check(method):
     """Width and height swapped (header CRC recomputed) used to decode silently to a wrong
     shape: the pixel check covers the shape now."""
     from nncompress.errors import FormatError, IntegrityError
 
     lm = as_loaded(fitted_histogram(3))
-    data = api.compress(random_image("RGB", 16, 8), lm, "cpu")
-    h = container.unpack(data)[0]
+    data = api.compress(random_image("RGB", 16, 8), lm, "cpu", method=method)
+    h = files.parse(data).header
     with pytest.raises((IntegrityError, FormatError)):
-        api.decompress(_forged(data, width=h.height, height=h.width), lm, "cpu")
+        api.decompress(forged(data, width=h.height, height=h.width), lm, "cpu")
 
 
 def test_float_models_do_not_write_files():
