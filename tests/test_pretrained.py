@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MNIST, VAL_DIR
+from conftest import MNIST, VAL_DIR, model_part
 from PIL import Image
 
-from nncompress import api, container
+from nncompress import api
 from nncompress.cli import main
 
 pytestmark = pytest.mark.pretrained
@@ -48,23 +48,34 @@ def test_models_lists_every_shipped_model_without_errors():
 def test_cli_round_trip_with_the_default_cpu_photo_model(tmp_path):
     src = tmp_path / "crop.png"
     val_crop(37, 21).save(src)
-    r = CliRunner().invoke(main, ["encode", str(src), "--device", "cpu"])
+    r = CliRunner().invoke(main, ["encode", str(src), "--device", "cpu", "--method", "model"])
     assert r.exit_code == 0, r.output
-    header, _ = container.unpack((tmp_path / "crop.nnc").read_bytes())
+    header, _ = model_part((tmp_path / "crop.nnc").read_bytes())
     assert header.model_name == "pixelcnnpp-photo-small-int"
     r = CliRunner().invoke(
         main, ["decode", str(tmp_path / "crop.nnc"), "-o", str(tmp_path / "d.png")]
     )
     assert r.exit_code == 0, r.output
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png")), np.asarray(Image.open(src)))
+    # a grey image gets the photo model too (its red channel coded, G = B = R)
+    grey = tmp_path / "grey.png"
+    val_crop(19, 11, index=2).convert("L").save(grey)
+    r = CliRunner().invoke(main, ["encode", str(grey), "--device", "cpu", "--method", "model"])
+    assert r.exit_code == 0, r.output
+    header, _ = model_part((tmp_path / "grey.nnc").read_bytes())
+    assert header.model_name == "pixelcnnpp-photo-small-int" and header.mode == "L"
+    out = tmp_path / "g.png"
+    r = CliRunner().invoke(main, ["decode", str(tmp_path / "grey.nnc"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).tobytes() == Image.open(grey).tobytes()
 
 
 @needs_photos
 def test_small_photo_model_payload_tracks_its_nll():
     im = val_crop(64, 64, index=3)  # 12,288 subpixels, 4 tiles
-    res = api.compress_detailed([im], "pixelcnnpp-photo-small-int", "cpu")[0]
+    res = api.compress_detailed([im], "pixelcnnpp-photo-small-int", "cpu", method="model")[0]
     nll = api.score([im], "pixelcnnpp-photo-small-int", "cpu")[0]
-    payload = container.unpack(res.data)[1]
+    payload = model_part(res.data)[1]
     # cached stepper vs parallel pass: the same integer tables, so the same cost
     assert abs(res.model_bits_per_subpixel / nll - 1) < 1e-6  # score sums in float32
     # the integer model within 0.5% of the float model it was converted from
@@ -78,14 +89,14 @@ def test_small_photo_model_payload_tracks_its_nll():
 @needs_photos
 def test_gpu_photo_model_round_trips_on_cpu_too():
     im = val_crop(11, 9, index=5)
-    data = api.compress(im, "pixelcnnpp-photo-int", "cpu")
+    data = api.compress(im, "pixelcnnpp-photo-int", "cpu", method="model")
     assert np.array_equal(np.asarray(api.decompress(data, device="cpu")), np.asarray(im))
 
 
 @needs_photos
 def test_histogram_photo_round_trip():
     im = val_crop(50, 30, index=7)
-    data = api.compress(im, "histogram-photo-int", "cpu")
+    data = api.compress(im, "histogram-photo-int", "cpu", method="model")
     assert np.array_equal(np.asarray(api.decompress(data)), np.asarray(im))
 
 
@@ -100,18 +111,19 @@ def test_made_mnist_int_round_trips_within_1pc_of_the_float_model_and_below_hist
     mosaic = digits.reshape(4, 5, 28, 28).transpose(0, 2, 1, 3).reshape(112, 140)
     im = Image.fromarray(np.ascontiguousarray(mosaic), "L")
     float_nll = api.score([im], "made-mnist", "cpu")[0]
-    res = api.compress_detailed([im], "made-mnist-int", "cpu")[0]
-    assert res.header.model_name == "made-mnist-int"
-    assert (res.header.tile_h, res.header.tile_w) == (28, 28)
-    payload_bits = 8 * len(container.unpack(res.data)[1]) / res.subpixels
+    res = api.compress_detailed([im], "made-mnist-int", "cpu", method="model")[0]
+    header, payload = model_part(res.data)
+    assert res.model_name == header.model_name == "made-mnist-int"
+    assert (header.tile_h, header.tile_w) == (28, 28)
+    payload_bits = 8 * len(payload) / res.subpixels
     # scoring (parallel pass) and coding (stepper) use the same integer tables
     assert res.model_bits_per_subpixel == pytest.approx(
         api.score([im], "made-mnist-int", "cpu")[0], rel=1e-6
     )
     assert abs(res.model_bits_per_subpixel / float_nll - 1) < 0.01
     assert abs(payload_bits / float_nll - 1) < 0.01
-    hist = api.compress_detailed([im], "histogram-mnist-int", "cpu")[0]
-    assert payload_bits < 8 * len(container.unpack(hist.data)[1]) / hist.subpixels
+    hist = api.compress_detailed([im], "histogram-mnist-int", "cpu", method="model")[0]
+    assert payload_bits < 8 * len(model_part(hist.data)[1]) / hist.subpixels
     assert res.bits_per_subpixel < hist.bits_per_subpixel  # whole files too
     out = api.decompress(res.data, device="cpu")
     assert np.array_equal(np.asarray(out), mosaic)

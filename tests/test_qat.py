@@ -81,5 +81,6 @@ def test_train_quantize_runs_and_exports(tmp_path: Path):
     res = train(cfg, log=lambda *a, **k: None)
     lm = load_model_file(integer_path(res.out))
     im = Image.open(photos / "0.png")
-    assert api.decompress(api.compress(im, lm, "cpu"), lm, "cpu").tobytes() == im.tobytes()
+    data = api.compress(im, lm, "cpu", method="model")
+    assert api.decompress(data, lm, "cpu").tobytes() == im.tobytes()
     assert res.val_bpd is not None and res.val_bpd > 0

@@ -156,7 +156,7 @@ from PIL import Image
 path, mode = sys.argv[1], sys.argv[2]
 im = Image.fromarray(np.load(path + ".npy"))
 if mode == "encode":
-    open(path, "wb").write(api.compress(im, path + ".safetensors", "cpu", tile=8))
+    open(path, "wb").write(api.compress(im, path + ".safetensors", "cpu", tile=8, method="model"))
 else:
     out = api.decompress(open(path, "rb").read(), path + ".safetensors", "cpu")
     assert out.tobytes() == im.tobytes()

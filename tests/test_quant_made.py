@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
+from conftest import model_part, random_image
 from test_made import tiny_made
 
 from nncompress import api
@@ -191,12 +191,14 @@ def test_round_trip_through_the_api(mode, size):
     lm = as_loaded(tiny_made(seed=1, channels=channels))
     assert lm.family == "made-int"
     im = random_image(mode, *size, seed=size[0])
-    res = api.compress_detailed([im], lm, "cpu")[0]
-    assert (res.header.tile_h, res.header.tile_w) == (H, W)
+    res = api.compress_detailed([im], lm, "cpu", method="model")[0]
+    assert res.method == "model" and res.model_name == lm.name
+    part = model_part(res.data)[0]
+    assert (part.tile_h, part.tile_w) == (H, W)
     out = api.decompress(res.data, lm, "cpu")
     assert out.mode == mode and np.array_equal(np.asarray(out), np.asarray(im))
     other = random_image(mode, *size, seed=99)
-    blobs = api.compress_many([im, other], lm, "cpu")
+    blobs = api.compress_many([im, other], lm, "cpu", method="model")
     assert blobs[0] == res.data
     for max_batch in (1, 64):
         back = api.decompress_many(blobs, lm, "cpu", max_batch=max_batch)
