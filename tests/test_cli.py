@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO, fitted_histogram, random_image
+from conftest import REPO, fitted_histogram, forged, model_part, random_image
 from PIL import Image
 
+from nncompress import files
 from nncompress.cli import main
 from nncompress.modelfile import save_model
 
@@ -111,7 +112,14 @@ def test_bad_inputs_give_one_line_errors(tmp_path, model_dir):
     cmyk = tmp_path / "c.jpg"
     Image.new("CMYK", (4, 4)).save(cmyk)
     one_line_error(run("encode", str(cmyk), "-m", "hist-rgb"), "unsupported image mode 'CMYK'")
-    one_line_error(run("encode", str(png(tmp_path / "g.png", "L")), "-m", "hist-rgb"), "3-channel")
+    one_line_error(run("encode", str(png(tmp_path / "c.png")), "-m", "hist-grey"), "1-channel")
+    # a grey image through an RGB model is no error: its red channel coded, G = B = R
+    grey = png(tmp_path / "g.png", "L")
+    r = run("encode", str(grey), "-m", "hist-rgb", "--method", "model")
+    assert r.exit_code == 0 and "(model hist-rgb" in r.output, r.output
+    assert model_part((tmp_path / "g.nnc").read_bytes())[0].model_name == "hist-rgb"
+    assert run("decode", str(tmp_path / "g.nnc"), "-o", str(tmp_path / "g2.png")).exit_code == 0
+    assert Image.open(tmp_path / "g2.png").tobytes() == Image.open(grey).tobytes()
     one_line_error(
         run("encode", str(png(tmp_path / "h.png")), "-m", "nope"), "unknown model 'nope'"
     )
@@ -119,7 +127,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, model_dir):
 
 def test_truncated_file_and_wrong_model(tmp_path, model_dir):
     src = png(tmp_path / "a.png")
-    run("encode", str(src), "-m", "hist-rgb")
+    assert run("encode", str(src), "-m", "hist-rgb", "--method", "model").exit_code == 0
     data = (tmp_path / "a.nnc").read_bytes()
     (tmp_path / "t.nnc").write_bytes(data[: len(data) // 2])
     one_line_error(run("decode", str(tmp_path / "t.nnc")), "truncated")
@@ -155,11 +163,23 @@ def test_flipped_payload_bit_is_detected(tmp_path, model_dir):
 
 def test_info_and_models(tmp_path, model_dir):
     src = png(tmp_path / "a.png")
-    run("encode", str(src), "-m", "hist-rgb")
+    assert run("encode", str(src), "-m", "hist-rgb", "--method", "model").exit_code == 0
     r = run("info", str(tmp_path / "a.nnc"))
     assert r.exit_code == 0 and "hist-rgb" in r.output and "21" in r.output
     r = run("info", "--json", str(tmp_path / "a.nnc"))
-    assert json.loads(r.output)[0]["width"] == 21
+    (d,) = json.loads(r.output)
+    assert (d["format_version"], d["method"], d["mode"], d["bit_depth"]) == (5, "model", "RGB", 8)
+    assert (d["width"], d["height"], d["frames"], d["model_name"]) == (21, 13, 1, "hist-rgb")
+    assert len(d["model_digest"]) == 64 and d["tile"] == "13x16" and d["metadata"] == []
+    assert d["parts"][0].startswith("model all frame 0:") and d["encoder"]
+    data = (tmp_path / "a.nnc").read_bytes()
+    crc = files.parse(data).header.content_crc32
+    assert d["file_bytes"] == len(data) and d["content_crc32"] == f"{crc:08x}"
+    assert d["bits_per_subpixel"] == round(8 * len(data) / (21 * 13 * 3), 4)
+    # a classical file: its method, no model fields
+    assert run("encode", str(src), "-o", str(tmp_path / "p.nnc"), "--method", "png").exit_code == 0
+    (p,) = json.loads(run("info", "--json", str(tmp_path / "p.nnc")).output)
+    assert p["method"] == "png" and "model_name" not in p and p["width"] == 21
     r = run("models")
     assert r.exit_code == 0 and "hist-rgb" in r.output and "histogram" in r.output
     assert {m["name"] for m in json.loads(run("models", "--json").output)} >= {
@@ -179,7 +199,8 @@ def test_score_json_and_heatmap(tmp_path, model_dir):
     assert (rows[0]["width"], rows[0]["height"], rows[0]["subpixels"]) == (21, 13, 21 * 13 * 3)
     assert rows[0]["model"] == "hist-rgb" and len(rows[0]["tile"]) == 2
     # the score predicts the coded size: same tiles, same model
-    assert run("encode", str(src), "-m", "hist-rgb", "--device", "cpu").exit_code == 0
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "--method", "model")
+    assert r.exit_code == 0, r.output
     (info,) = json.loads(run("info", str(tmp_path / "a.nnc"), "--json").output)
     assert "x".join(map(str, rows[0]["tile"])) == info["tile"]
 
@@ -208,18 +229,16 @@ def test_a_format_3_file_names_the_release_that_reads_it(tmp_path, model_dir):
 
 def test_max_batch_bounds_the_batch_and_the_file_still_decodes(tmp_path, model_dir):
     src = png(tmp_path / "a.png", size=(40, 24))  # 8x8 tiles: 5 x 3 = 15 tiles
-    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "--tile", "8")
+    model = ("-m", "hist-rgb", "--method", "model", "--device", "cpu", "--tile", "8")
+    r = run("encode", str(src), *model)
     assert r.exit_code == 0, r.output
     (whole,) = json.loads(run("info", str(tmp_path / "a.nnc"), "--json").output)
     nnc = tmp_path / "b.nnc"
-    r = run(
-        "encode", str(src), "-o", str(nnc), "-m", "hist-rgb", "--device", "cpu",
-        "--tile", "8", "--max-batch", "4", "--force",
-    )  # fmt: skip
+    r = run("encode", str(src), "-o", str(nnc), *model, "--max-batch", "4", "--force")
     assert r.exit_code == 0, r.output
     (small,) = json.loads(run("info", str(nnc), "--json").output)
     assert whole["chunk_tiles"] == 15 and small["chunk_tiles"] == 4
-    assert small["streams"] == 4
+    assert whole["parts"][0].endswith("(1 streams)") and small["parts"][0].endswith("(4 streams)")
     out = tmp_path / "b.png"
     assert run("decode", str(nnc), "-o", str(out)).exit_code == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(src)))
@@ -534,8 +553,18 @@ def test_a_slow_cpu_run_prints_its_estimate_first(tmp_path, model_dir, monkeypat
     (line,) = lines(r.stderr)  # 4e8 s/MP * 273e-6 MP = 109,200 s
     assert line.startswith("nncompress: encoding 0.00 MP with hist-rgb on the CPU")
     assert "about 30.3 h" in line and "GPU" in line
+    assert "if the model wins over the classical codecs" in line  # method auto
+    # decoding: only files with a model part cost the model's time
+    assert files.parse((tmp_path / "a.nnc").read_bytes()).header.method_summary() != "model"
     r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png"))
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f", "--method", "model")
+    (line,) = lines(r.stderr)
+    assert line.startswith("nncompress: encoding 0.00 MP with hist-rgb") and "wins" not in line
+    r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "c.png"))
     assert r.exit_code == 0 and "decoding 0.00 MP with hist-rgb" in r.stderr, r.stderr
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f", "--method", "png")
+    assert r.exit_code == 0 and r.stderr == "", r.stderr  # no model: no estimate
     r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f", "-q")
     assert r.exit_code == 0 and r.output == ""
 
@@ -553,7 +582,7 @@ def test_the_estimate_comes_from_the_model_file_else_its_parameter_count(
     assert "about 15.2 h" in r.stderr, r.stderr  # 2e8 * 273e-6 = 54,600 s
     # hist-rgb: no timing anywhere; 3 * 256 counts = 768 parameters
     monkeypatch.setattr("nncompress.cli.CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS", 1e11)
-    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f")
+    r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "-f", "--method", "model")
     assert "encoding 0.00 MP with hist-rgb" in r.stderr, r.stderr
     r = run("decode", str(tmp_path / "a.nnc"), "-o", str(tmp_path / "b.png"))  # by name
     assert "decoding 0.00 MP with hist-rgb" in r.stderr, r.stderr
@@ -587,20 +616,13 @@ def test_max_pixels_refuses_large_images_before_reading_them(tmp_path, model_dir
     assert run("encode", "--max-pixels", "0", str(src)).exit_code == 2
 
 
-def test_max_pixels_on_decode_reads_the_header_first(tmp_path, model_dir, monkeypatch):
-    import dataclasses
-
-    from nncompress import container
-
+@pytest.mark.parametrize("method", ["model", "auto"])
+def test_max_pixels_on_decode_reads_the_header_first(tmp_path, model_dir, monkeypatch, method):
     src = png(tmp_path / "a.png")
-    assert run("encode", str(src), "-m", "hist-rgb", "-q").exit_code == 0
+    assert run("encode", str(src), "-m", "hist-rgb", "--method", method, "-q").exit_code == 0
     data = (tmp_path / "a.nnc").read_bytes()
-    header, payload = container.unpack(data)
-    size = {"width": 10000, "height": 9000, "tile_h": 4096, "tile_w": 4096}  # 90,000,000 px
-    schedule = {"first_slot": 0, "batch_slots": 1, "total_slots": 9, "chunk_tiles": 1}
-    fields = {f.name for f in dataclasses.fields(header)}
-    size.update({k: v for k, v in schedule.items() if k in fields})
-    (tmp_path / "big.nnc").write_bytes(container.pack(dataclasses.replace(header, **size), payload))
+    (tmp_path / "big.nnc").write_bytes(forged(data, width=10000, height=9000))  # 90,000,000 px
+    monkeypatch.setattr("nncompress.api.decompress_detailed", lambda *a, **k: 1 / 0)
     monkeypatch.setattr("nncompress.api.decompress_many", lambda *a, **k: 1 / 0)
     r = run("decode", str(tmp_path / "big.nnc"), "-o", str(tmp_path / "big.png"))
     one_line_error(r, "image 10000x9000 has 90,000,000 pixels, more than the limit of 89,478,485")
@@ -614,22 +636,32 @@ def test_encode_verify_decodes_what_it_wrote(tmp_path, model_dir, monkeypatch):
     r = run("encode", str(src), "-m", "hist-rgb", "--device", "cpu", "--verify")
     assert r.exit_code == 0, r.output
     # A decoder that returns other pixels makes --verify fail, and nothing is written.
+    import dataclasses
+
     from nncompress import api
 
-    real = api.decompress_many
+    real = api.decode_files
 
-    def wrong(*a, **k):
-        return [im.transpose(0) for im in real(*a, **k)]  # mirrored pixels
+    def wrong(*a, **k):  # mirrored pixels
+        out = real(*a, **k)
+        for d in out:
+            frames = tuple(f[:, ::-1] for f in d.content.frames)
+            d.content = dataclasses.replace(d.content, frames=frames)
+        return out
 
-    monkeypatch.setattr(api, "decompress_many", wrong)
-    r = run("encode", str(src), "-o", str(tmp_path / "v.nnc"), "-m", "hist-rgb", "--verify")
-    one_line_error(r, "verification failed")
-    assert not (tmp_path / "v.nnc").exists()
+    monkeypatch.setattr(api, "decode_files", wrong)
+    for method in ("auto", "model"):
+        out = tmp_path / f"v-{method}.nnc"
+        args = ("-o", str(out), "-m", "hist-rgb", "--method", method, "--verify")
+        r = run("encode", str(src), *args)
+        one_line_error(r, "verification failed")
+        assert not out.exists()
 
 
 def test_decode_with_any_max_batch(tmp_path, model_dir):
     src = png(tmp_path / "a.png", size=(40, 24))
-    assert run("encode", str(src), "-m", "hist-rgb", "--tile", "8", "-q").exit_code == 0
+    r = run("encode", str(src), "-m", "hist-rgb", "--tile", "8", "--method", "model", "-q")
+    assert r.exit_code == 0
     for n in ("1", "7"):
         out = tmp_path / f"d{n}.png"
         r = run("decode", str(tmp_path / "a.nnc"), "-o", str(out), "--max-batch", n)
@@ -651,7 +683,7 @@ def test_quantize_makes_a_float_model_code(tmp_path, model_dir):
     q = tmp_path / "hflt-int.safetensors"
     assert q.is_file() and "hflt-int.safetensors" in r.output
     one_line_error(run("quantize", str(flt)), "exists")
-    assert run("encode", str(src), "-m", str(q), "-q").exit_code == 0
+    assert run("encode", str(src), "-m", str(q), "--method", "model", "-q").exit_code == 0
     r = run("decode", str(tmp_path / "a.nnc"), "-m", str(q), "-o", str(tmp_path / "b.png"))
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "b.png").tobytes() == Image.open(src).tobytes()
