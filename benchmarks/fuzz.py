@@ -3,8 +3,10 @@
     python benchmarks/fuzz.py --cases 3000 --model-cases 300 --seed 0
 
 Seeds: small images (1x1 .. 32x32; modes L, LA, RGB, RGBA, P) encoded with tiny models
-(histograms, a tiny PixelCNN++, a 4x4 MADE) written to a temporary model folder, and those
-tiny model files themselves. Each case mutates one seed and runs it in a worker process:
+(histograms, a tiny PixelCNN++, a 4x4 MADE) written to a temporary model folder (the model
+forced: ``method="model"``, an alpha plane then coded by a classical codec), a few encoded
+by each classical method (JPEG-XL, WebP, PNG, stored), and those tiny model files
+themselves. Each case mutates one seed and runs it in a worker process:
 
 - a .nnc case decodes the mutated file (models found by name, as ``nncompress decode``
   does). Allowed outcomes: an error of a type from nncompress.errors, or the original
@@ -16,13 +18,14 @@ tiny model files themselves. Each case mutates one seed and runs it in a worker 
 
 Mutation kinds: random ones on bytes (bit flips, byte overwrites, truncation, extension,
 garbage, flips inside the payload, header bytes with the header CRC recomputed) and
-structure-aware ones (one header field set to another value and the file repacked with the
-container module, so the header CRC is valid: small values, huge ones, swapped fields,
-fields of another seed's header); for model files: bytes, and config / family / info /
+structure-aware ones (one field set to another value and the file repacked with the
+container module, so the header CRC and the parts' CRC are valid: small values, huge ones,
+swapped fields, fields of another seed's file); for model files: bytes, and config / family / info /
 tensors with the digest recomputed (modelfile.weights_digest).
 
-Header fields are found with dataclasses.fields(container.Header), so the fuzzer follows
-format changes; a value the packer refuses (the Header's own validation) is replaced by
+The fields are found with dataclasses.fields of the format-5 header (FileHeader), of each
+row of its part table (PartEntry) and of each model part (ModelPart), so the fuzzer follows
+format changes; a value the packer refuses (the header's own validation) is replaced by
 another candidate. Each case runs under a per-case alarm (setitimer) and an address-space
 limit (RLIMIT_AS) in its worker; the parent kills a worker that overruns (``hang``) and
 starts a new one when one dies (``death``). Prints a table by mutation kind and writes JSON
@@ -210,7 +213,7 @@ def make_codable(models: dict[str, TinyModel], folder: Path) -> tuple[dict[str, 
                 continue
             save_model(model, path, info=tm.info)
             try:
-                data = api.compress(im, model=name)
+                data = api.compress(im, model=name, method="model")
             except NncError:
                 continue
             blob = blob or data
@@ -256,14 +259,36 @@ def make_seeds(models: dict[str, TinyModel], count: int | None = None) -> list[S
         images = [seed_image(mode, w, h, i) for w, h, mode, i in items]
         # one schedule for three of them (later slots of a shared schedule), the rest alone
         together = images[:3] if len(images) >= 3 else []
-        blobs = api.compress_many(together, model=name) if together else []
-        blobs += [api.compress(im, model=name) for im in images[len(together) :]]
+        blobs = api.compress_many(together, model=name, method="model") if together else []
+        blobs += [api.compress(im, model=name, method="model") for im in images[len(together) :]]
         for (w, h, mode, _), im, data in zip(items, images, blobs, strict=True):
             expected = _pixels(api.decompress(data))
             want = im.convert("RGB") if mode == "P" else im
             if expected != _pixels(want):
                 raise AssertionError(f"seed {name}/{mode}-{w}x{h} does not round-trip")
             seeds.append(Seed(f"{name}/{mode}-{w}x{h}", data, expected))
+    return seeds + classical_seeds()
+
+
+#: Images per classical method among the seeds (their decoders take mutated parts too).
+CLASSICAL_SEEDS = 4
+
+
+def classical_seeds() -> list[Seed]:
+    """A few seeds per classical method ("jxl/RGB-8x8", ...), spread over sizes and modes."""
+    from nncompress import api, classical
+
+    seeds = []
+    specs = [(w, h, mode) for (w, h) in SEED_SIZES for mode in SEED_MODES]
+    for k, method in enumerate(classical.METHODS):
+        for j in range(CLASSICAL_SEEDS):
+            w, h, mode = specs[(7 * (k * CLASSICAL_SEEDS + j) + 3) % len(specs)]
+            im = seed_image(mode, w, h, 100 + j)
+            data = api.compress(im, method=method)
+            expected = _pixels(api.decompress(data))
+            if expected != _pixels(im.convert("RGB") if mode == "P" else im):
+                raise AssertionError(f"seed {method}/{mode}-{w}x{h} does not round-trip")
+            seeds.append(Seed(f"{method}/{mode}-{w}x{h}", data, expected))
     return seeds
 
 
@@ -333,10 +358,11 @@ def mut_garbage(rng, seed, _):
 
 
 def _payload_span(data: bytes) -> tuple[int, int]:
-    from nncompress import container
+    """Where the parts lie: after the header and its CRC, to the end."""
+    from nncompress.container import file as fmt
 
-    _, payload = container.unpack(data)
-    return len(data) - len(payload), len(data)
+    _, at = fmt.read_header(data)
+    return at, len(data)
 
 
 def mut_payload(rng, seed, _):
@@ -348,15 +374,23 @@ def mut_payload(rng, seed, _):
 
 
 def _header_body_span(data: bytes) -> tuple[int, int] | None:
-    """Where the header body lies (magic, u16 version, u32 body length, body, u32 CRC-32 of
-    the body), if this file is laid out so; None if the format no longer is."""
+    """Where the header body lies (magic, u16 version, varint body length, body, u32 CRC-32
+    of the body), if this file is laid out so; None if the format no longer is."""
     from nncompress.container import MAGIC
 
-    at = len(MAGIC) + 2
-    if len(data) < at + 4:
+    at, n, shift = len(MAGIC) + 2, 0, 0
+    for _ in range(5):
+        if at >= len(data):
+            return None
+        b = data[at]
+        at += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    else:
         return None
-    (n,) = struct.unpack_from("<I", data, at)
-    lo, hi = at + 4, at + 4 + n
+    lo, hi = at, at + n
     if len(data) < hi + 4 or struct.unpack_from("<I", data, hi)[0] != zlib.crc32(data[lo:hi]):
         return None
     return lo, hi
@@ -375,20 +409,83 @@ def mut_header_crc(rng, seed, _):
     return f"header bytes {where} changed, header CRC recomputed", bytes(b)
 
 
-def _int_fields(header: Any) -> list[str]:
-    return [
-        f.name
-        for f in dataclasses.fields(header)
-        if isinstance(getattr(header, f.name), int)
-        and not isinstance(getattr(header, f.name), bool)
-    ]
+# --- Structure-aware mutations: a file as a flat dict of fields ----------------------------
+#
+# "mode", "width", ... (the FileHeader's), "part1.method", "part1.length", ... (its part
+# table's rows) and "model0.tile_h", "model0.model_name", ... (the fields of the model part
+# at that index of the table). Changing any of them and packing again gives a file whose
+# header CRC and parts CRC are right (unless the change is to a CRC itself).
+
+
+def _model_fields(f: Any, data: bytes) -> Any:
+    """The ModelPart of a model part's bytes (fields as the file has them)."""
+    from nncompress.container import file as fmt
+
+    h = f.header
+    mh, payload = fmt.unpack_model_part(
+        data, "L" if h.mode in ("L", "LA") else "RGB", h.width, h.height
+    )
+    return fmt.ModelPart(
+        mh.model_name, mh.model_digest, mh.tile_h, mh.tile_w, mh.chunk_tiles, payload
+    )
+
+
+def _fields(f: Any) -> dict[str, Any]:
+    """The flat fields of a parsed file (see above); the model part's payload is not one."""
+    h = f.header
+    out = {x.name: getattr(h, x.name) for x in dataclasses.fields(h) if x.name != "parts"}
+    for i, (entry, data) in enumerate(f.parts()):
+        for x in dataclasses.fields(entry):
+            out[f"part{i}.{x.name}"] = getattr(entry, x.name)
+        if entry.method == "model":
+            mp = _model_fields(f, data)
+            for x in dataclasses.fields(mp):
+                if x.name != "payload":
+                    out[f"model{i}.{x.name}"] = getattr(mp, x.name)
+    return out
+
+
+def _apply(f: Any, change: dict[str, Any]) -> bytes:
+    """The file with ``change`` (flat fields) applied and packed; ValueError, TypeError or
+    struct.error when it is not representable."""
+    from nncompress.container import file as fmt
+
+    entries = list(f.header.parts)
+    data = list(f.data)
+    head = {k: v for k, v in change.items() if "." not in k}
+    for i, (entry, part) in enumerate(f.parts()):
+        ec = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith(f"part{i}.")}
+        mc = {k.split(".", 1)[1]: v for k, v in change.items() if k.startswith(f"model{i}.")}
+        if mc:
+            data[i] = fmt.pack_model_part(dataclasses.replace(_model_fields(f, part), **mc))
+            ec.setdefault("length", len(data[i]))
+        if ec:
+            entries[i] = dataclasses.replace(entry, **ec)
+    if "parts_crc32" not in head:
+        crc = 0
+        for b in data:
+            crc = zlib.crc32(b, crc)
+        head["parts_crc32"] = crc
+    header = dataclasses.replace(f.header, parts=tuple(entries), **head)
+    return fmt.pack(fmt.File(header, tuple(data)))
+
+
+def _int_fields(fields: dict[str, Any]) -> list[str]:
+    return [k for k, v in fields.items() if isinstance(v, int) and not isinstance(v, bool)]
 
 
 def _caps() -> list[int]:
-    """The container's integer caps (MAX_*), each with its neighbours."""
+    """The containers' integer caps (MAX_*: format 5's and the model parts'), each with its
+    neighbours."""
     from nncompress import container
+    from nncompress.container import file as fmt
 
-    caps = [v for k, v in vars(container).items() if k.startswith("MAX_") and isinstance(v, int)]
+    caps = [
+        v
+        for mod in (container, fmt)
+        for k, v in vars(mod).items()
+        if k.startswith("MAX_") and isinstance(v, int)
+    ]
     return sorted({c + d for c in caps for d in (-1, 0, 1)})
 
 
@@ -396,7 +493,7 @@ def _small_values(v: int) -> list[int]:
     return sorted({0, 1, 2, 3, max(v - 1, 0), v + 1, v // 2, 2 * v, v ^ 1} - {v})
 
 
-def _huge_values(v: int, header: Any) -> list[int]:
+def _huge_values(v: int, fields: dict[str, Any]) -> list[int]:
     fixed = [
         2**8 - 1,
         2**8,
@@ -409,18 +506,23 @@ def _huge_values(v: int, header: Any) -> list[int]:
         2**32 - 2,
         2**32 - 1,
     ]
-    # the largest image the caps allow for the other side, when there is one
-    other = {"width": "height", "height": "width"}
-    extra = []
-    for name, side in other.items():
-        if hasattr(header, name) and hasattr(header, side):
-            from nncompress import container
+    # the largest image the caps allow for the other side
+    from nncompress import container
 
-            extra.append(getattr(container, "MAX_PIXELS", 2**28) // max(getattr(header, side), 1))
+    extra = [
+        getattr(container, "MAX_PIXELS", 2**28) // max(fields[side], 1)
+        for side in ("width", "height")
+        if side in fields
+    ]
     return sorted(set(fixed + _caps() + extra + [v * 1000, v * 2**16]) - {v})
 
 
 def _other_values(name: str, value: object, seed: Seed, others: Sequence[Seed]) -> list[object]:
+    from nncompress.container import file as fmt
+
+    codes = {"method": fmt.METHOD_CODES, "planes": fmt.PLANE_CODES, "mode": fmt.MODE_CODES}
+    if name.rsplit(".", 1)[-1] in codes:  # every other code the format names
+        return [v for v in codes[name.rsplit(".", 1)[-1]] if v != value]
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, bytes):
@@ -439,103 +541,90 @@ def _other_values(name: str, value: object, seed: Seed, others: Sequence[Seed]) 
             for v in ["", "x", "nosuch", "a" * 255, "é" * 127, "\x00", "..", "a/b", *names]
             if v != value
         ]
+    if isinstance(value, tuple) and name == "durations":  # a still image claimed animated
+        return [(0,), (0, 0), (100,) * 3]
     return []
 
 
-def _repack(seed: Seed, rng: random.Random, candidates: Callable[[Any], list[tuple[str, dict]]]):
-    """Unpack ``seed``, apply one of ``candidates(header)`` (field changes) that the Header
-    accepts, pack again (valid header CRC). None if no candidate is representable."""
-    from nncompress import container
+def _repack(seed: Seed, rng: random.Random, candidates: Callable[[dict], list[tuple[str, dict]]]):
+    """Parse ``seed``, apply one of ``candidates(fields)`` (field changes) that the format
+    accepts, pack again (valid CRCs). None if no candidate is representable."""
+    from nncompress import files
 
-    header, payload = container.unpack(seed.data)
-    options = candidates(header)
+    f = files.parse(seed.data)
+    options = candidates(_fields(f))
     rng.shuffle(options)
     for desc, change in options:
         try:
-            new = dataclasses.replace(header, **change)
-            return desc, container.pack(new, payload)
-        except (ValueError, TypeError):  # the Header's own validation: not representable
+            return desc, _apply(f, change)
+        except (ValueError, TypeError, struct.error):  # the format's own validation
             continue
     return None
 
 
 def mut_field(rng, seed, others):
-    def candidates(h):
+    def candidates(fields):
         out = []
-        for f in dataclasses.fields(h):
-            v = getattr(h, f.name)
+        for name, v in fields.items():
             if isinstance(v, int) and not isinstance(v, bool):
                 vals = _small_values(v)
             else:
-                vals = _other_values(f.name, v, seed, others)
-            out += [(f"{f.name}: {v!r} -> {x!r}"[:120], {f.name: x}) for x in vals]
+                vals = _other_values(name, v, seed, others)
+            out += [(f"{name}: {v!r} -> {x!r}"[:120], {name: x}) for x in vals]
         return out
 
     return _repack(seed, rng, candidates)
 
 
 def mut_field_huge(rng, seed, _):
-    def candidates(h):
+    def candidates(fields):
         return [
-            (f"{name}: {getattr(h, name)} -> {x}", {name: x})
-            for name in _int_fields(h)
-            for x in _huge_values(getattr(h, name), h)
+            (f"{name}: {fields[name]} -> {x}", {name: x})
+            for name in _int_fields(fields)
+            for x in _huge_values(fields[name], fields)
         ]
 
     return _repack(seed, rng, candidates)
 
 
 def mut_swap_dims(rng, seed, _):
-    def candidates(h):
-        if not (hasattr(h, "width") and hasattr(h, "height")) or h.width == h.height:
+    def candidates(fields):
+        w, h = fields["width"], fields["height"]
+        if w == h:
             return []
-        return [
-            (
-                f"width/height swapped: {h.width}x{h.height} -> {h.height}x{h.width}",
-                {"width": h.height, "height": h.width},
-            )
-        ]
+        return [(f"width/height swapped: {w}x{h} -> {h}x{w}", {"width": h, "height": w})]
 
     return _repack(seed, rng, candidates)
 
 
 def mut_swap_fields(rng, seed, _):
-    def candidates(h):
-        names = _int_fields(h)
+    def candidates(fields):
+        names = _int_fields(fields)
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         pairs = [
-            (a, b)
-            for a, b in pairs
-            if {a, b} != {"width", "height"} and getattr(h, a) != getattr(h, b)
+            (a, b) for a, b in pairs if {a, b} != {"width", "height"} and fields[a] != fields[b]
         ]
-        return [(f"{a} <-> {b}", {a: getattr(h, b), b: getattr(h, a)}) for a, b in pairs]
+        return [(f"{a} <-> {b}", {a: fields[b], b: fields[a]}) for a, b in pairs]
 
     return _repack(seed, rng, candidates)
 
 
 def mut_cross(rng, seed, others):
-    """Fields from another seed's header: one field, or all but the payload-bound ones."""
-    from nncompress import container
+    """Fields from another seed's file: one field, or its model (name and digest)."""
+    from nncompress import files
 
     pool = [s for s in others if s.data != seed.data]
     if not pool:
         return None
     donor_seed = rng.choice(pool)
-    donor, _ = container.unpack(donor_seed.data)
+    donor = _fields(files.parse(donor_seed.data))
 
-    def candidates(h):
-        names = [
-            f.name for f in dataclasses.fields(h) if getattr(h, f.name) != getattr(donor, f.name)
-        ]
-        out = [(f"{n} from {donor_seed.name}", {n: getattr(donor, n)}) for n in names]
-        model_fields = [n for n in names if n.startswith("model")]
-        if model_fields:  # claim the donor's model (name and digest together)
-            out.append(
-                (
-                    f"model fields from {donor_seed.name}",
-                    {n: getattr(donor, n) for n in model_fields},
-                )
-            )
+    def candidates(fields):
+        names = [n for n in fields if n in donor and fields[n] != donor[n]]
+        out = [(f"{n} from {donor_seed.name}", {n: donor[n]}) for n in names]
+        for i in {n.split(".")[0] for n in names if n.startswith("model")}:
+            model = {f"{i}.{k}": donor[f"{i}.{k}"] for k in ("model_name", "model_digest")}
+            out.append((f"{i} model from {donor_seed.name}", model))
         return out
 
     return _repack(seed, rng, candidates)
@@ -836,7 +925,7 @@ def _check_model(lm: Any, default_tile: bool) -> tuple[str, str]:
         if not (1 <= th <= 2**16 and 1 <= tw <= 2**16):
             return "wrong", f"loaded; its default tile is {th}x{tw}"
         tile = None if default_tile or lm.model.fixed_tile else (MODEL_CHECK_SIZE,) * 2
-        data = api.compress(im, model=lm, tile=tile)
+        data = api.compress(im, model=lm, tile=tile, method="model")
         out = api.decompress(data, model=lm)
     except NncError as e:
         return "works", f"loaded; coding: {type(e).__name__}: {e}"[:300]

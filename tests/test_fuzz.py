@@ -117,6 +117,19 @@ def test_seeds_cover_modes_models_and_sizes(fz: fuzz.Fuzz) -> None:
     for model in fz.codable:
         assert any(n.startswith(model + "/") for n in names), model
     assert {s.name.split(" ")[0] for s in fz.model_seeds} == set(fz.models)
+    # model seeds have a model part (LA / RGBA: and a classical alpha part); the classical
+    # methods have seeds of their own
+    from nncompress import classical, files
+
+    for s in fz.seeds:
+        methods = [p.method for p in files.parse(s.data).header.parts]
+        if s.name.split("/")[0] in fz.codable:
+            assert methods[0] == "model", s.name
+            assert len(methods) == (2 if "/LA-" in s.name or "/RGBA-" in s.name else 1), s.name
+        else:
+            assert methods == [s.name.split("/")[0]], s.name
+    for method in classical.METHODS:
+        assert any(n.startswith(method + "/") for n in names), method
 
 
 @pytest.mark.parametrize("kind", [_kind_param(k) for k in NNC_CASES])
@@ -197,4 +210,4 @@ def test_a_forged_integer_shift_is_a_typed_error(tmp_path: Path) -> None:
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(NncError):
         lm = api.load_model(path)
-        api.compress(fuzz.seed_image("L", 4, 4, 7), model=lm, tile=(4, 4))
+        api.compress(fuzz.seed_image("L", 4, 4, 7), model=lm, tile=(4, 4), method="model")
