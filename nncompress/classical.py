@@ -203,15 +203,22 @@ def _webp_layout(arr: np.ndarray) -> np.ndarray:
 
 
 def _encode_jxl(arr: np.ndarray, effort: str) -> bytes:
-    return bytes(
-        imagecodecs.jpegxl_encode(
-            _planes(arr),
-            lossless=True,
-            distance=0,
-            effort=_jxl_effort(arr.shape, effort),
-            numthreads=_threads(),
+    """At the default effort, images up to JXL_SLOW_MAX_SAMPLES are coded at effort 9 and
+    at effort 7 and the smaller kept: effort 9 is not always smaller (on a 384x256 photo
+    crop it was 0.7% larger than effort 7), and effort 7 costs about a third of it."""
+    efforts = [_jxl_effort(arr.shape, effort)]
+    if effort == "default" and efforts[0] == JXL_EFFORT["default"][0]:
+        efforts.append(JXL_EFFORT["default"][1])
+    planes = _planes(arr)
+    out = [
+        bytes(
+            imagecodecs.jpegxl_encode(
+                planes, lossless=True, distance=0, effort=e, numthreads=_threads()
+            )
         )
-    )
+        for e in efforts
+    ]
+    return min(out, key=len)
 
 
 def _encode_webp(arr: np.ndarray, effort: str) -> bytes:

@@ -491,7 +491,8 @@ def encode(
             tally.fail(problem[1])
             continue
         try:
-            todo.append((src, dst, read_content(_read_input(src), limit, strip)))
+            content = read_content(_read_input(src), limit, strip, "--max-pixels")
+            todo.append((src, dst, content))
         except NncError as e:
             tally.fail(f"{src}: {e}")
         except _Fail as e:

@@ -96,7 +96,10 @@ class Content:
 
 
 def read_content(
-    obj: object, max_pixels: int | None = DEFAULT_MAX_PIXELS, strip: bool = False
+    obj: object,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    strip: bool = False,
+    option: str = "max_pixels",
 ) -> Content:
     """Content of a path (str / os.PathLike), the bytes of an image file, a Pillow image
     or a numpy array (HxW or HxWxC, C in 1..4, uint8 or uint16). TypeError for other types;
@@ -112,13 +115,13 @@ def read_content(
         check_pixel_count(obj.width, obj.height, limit)
         return _from_pil(obj, None, strip)
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return _from_file(bytes(obj), limit, strip)
+        return _from_file(bytes(obj), limit, strip, option)
     if isinstance(obj, (str, os.PathLike)):
         try:
             data = Path(obj).read_bytes()
         except OSError as e:
             raise UnsupportedImageError(f"cannot read {obj}: {e.strerror or e}") from None
-        return _from_file(data, limit, strip)
+        return _from_file(data, limit, strip, option)
     raise TypeError(
         "expected an image: a PIL.Image.Image, a numpy array (HxW, HxWx3 or HxWx4, uint8 or "
         "uint16), a path (str or pathlib.Path) or the bytes of an image file, not "
@@ -144,11 +147,11 @@ def _from_array(a: np.ndarray, limit: int) -> Content:
     return Content(MODES[hwc.shape[2]], 16 if a.dtype == np.uint16 else 8, (hwc,))
 
 
-def _from_file(data: bytes, limit: int, strip: bool) -> Content:
+def _from_file(data: bytes, limit: int, strip: bool, option: str = "max_pixels") -> Content:
     depth = meta.declared_bit_depth(data[: 1 << 16])
     if depth is not None and depth > 8 and data.startswith(_JPEG_SIGNATURE):
         raise UnsupportedImageError(f"{depth}-bit JPEG is not supported")
-    image = open_image(data, limit, "--max-pixels")
+    image = open_image(data, limit, option)
     # The JPEG file itself may be kept (all its segments inside): not when stripping.
     # What a JPEG holds beyond the metadata we carry is refused only if it is not kept.
     jpeg = data if image.format == "JPEG" and not strip else None
@@ -288,7 +291,7 @@ def to_png(content: Content) -> bytes:
     """The content as one PNG file (an animated PNG for several frames), its metadata
     written into the PNG's chunks (nncompress.metadata.png_save_options)."""
     options = meta.png_save_options(content.metadata) if content.metadata else {}
-    if content.bit_depth == 16 and content.mode != "L":
+    if content.bit_depth == 16:
         return _png16_out(content, options)
     images = [_pil_frame(f, content.mode, content.bit_depth) for f in content.frames]
     buf = io.BytesIO()
@@ -305,12 +308,12 @@ def to_png(content: Content) -> bytes:
 
 def _pil_frame(a: np.ndarray, mode: str, depth: int) -> Image.Image:
     if depth == 16:
-        return Image.fromarray(np.ascontiguousarray(a[:, :, 0], dtype="<u2"), mode="I;16")
+        return Image.fromarray(np.ascontiguousarray(a[:, :, 0], dtype=np.uint16))  # I;16
     return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, mode=mode)
 
 
 def _png16_out(content: Content, options: dict) -> bytes:
-    """16-bit colour PNG: libpng writes the pixels (Pillow has no 16-bit colour mode); the
+    """16-bit PNG: libpng writes the pixels (Pillow has no 16-bit colour mode); the
     metadata chunks come from a 1x1 PNG that Pillow writes with the same options."""
     import imagecodecs
 

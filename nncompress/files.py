@@ -43,6 +43,7 @@ from .planes import (
     encode_planes,
     load_model,
     model_for,
+    require_integer,
     score_planes,
 )
 
@@ -166,6 +167,7 @@ def encode_contents(
             if c.has_alpha:
                 fr.alpha = classical.best(np.ascontiguousarray(f[:, :, -1:]))
             if method == "auto":
+                require_integer(lm)
                 bits, _ = score_planes(lm, _colour(f, c.has_alpha), dev, tile)
                 fr.model_predicted = bits / 8 + MODEL_PART_OVERHEAD + _alpha_bytes(fr)
                 if fr.model_predicted >= len(fr.classical[1]):
@@ -248,8 +250,11 @@ def _assemble(c: Content, plan, lm: LoadedModel | None, dev: torch.device) -> En
     if c.metadata:
         parts.append(("meta", "none", 0, meta.encode(c.metadata)))
     crc = fmt.content_crc32(c.mode, c.bit_depth, c.width, c.height, c.frame_bytes())
+    # The encoder label (informational) only where the model coded: classical files of
+    # small images pay for every header byte.
     f = fmt.build_header(
-        c.mode, c.bit_depth, c.width, c.height, crc, parts, c.durations, c.loop, label
+        c.mode, c.bit_depth, c.width, c.height, crc, parts, c.durations, c.loop,
+        label if used_model else "",
     )
     data = fmt.pack(f)
     return Encoded(

@@ -198,8 +198,7 @@ def score_planes(
 ) -> tuple[float, np.ndarray]:
     """The model's information content of ``planes`` (C, H, W) in bits, over the same
     tiles the coder would use, by one parallel pass (no coding), and the (H, W) map of
-    bits per pixel."""
-    require_integer(lm)
+    bits per pixel. (Float models score too: their numbers are for comparison only.)"""
     th, tw = model_tile(lm, tile)
     grid = grid_for(planes.shape[1], planes.shape[2], th, tw)
     net = lm.model.to(dev).eval()
