@@ -105,16 +105,16 @@ from .errors import FormatError
 METHODS: tuple[str, ...] = ("jxl", "webp", "png", "store")
 """Classical methods, in preference order for ties."""
 
-EFFORTS: tuple[str, ...] = ("fast", "default", "max")
+EFFORTS: tuple[str, ...] = ("fast", "standard", "default", "max")
 
 JXL_SLOW_MAX_SAMPLES = 3_000_000
 """Largest H * W * C coded with the slow JXL effort (e9 by default, e10 at "max")."""
 
-JXL_EFFORT = {"fast": (3, 3), "default": (9, 7), "max": (10, 9)}
+JXL_EFFORT = {"fast": (3, 3), "standard": (7, 7), "default": (9, 7), "max": (10, 9)}
 """libjxl effort per ``effort``: (up to JXL_SLOW_MAX_SAMPLES, above)."""
 
 WEBP_LEVEL = 100
-WEBP_METHOD = {"fast": 4, "default": 6, "max": 6}
+WEBP_METHOD = {"fast": 4, "standard": 6, "default": 6, "max": 6}
 WEBP_MAX_SIDE = 16383  # libwebp's WEBP_MAX_DIMENSION
 PNG_LEVEL = 9
 PNG_MAX_SIDE = 1_000_000  # libpng's default user limit on width and height

@@ -143,7 +143,7 @@ def _from_array(a: np.ndarray, limit: int) -> Content:
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise UnsupportedImageError("image has no pixels")
     check_pixel_count(a.shape[1], a.shape[0], limit)
-    hwc = np.ascontiguousarray(a if a.ndim == 3 else a[:, :, None])
+    hwc = np.array(a if a.ndim == 3 else a[:, :, None], order="C")  # fresh strides
     return Content(MODES[hwc.shape[2]], 16 if a.dtype == np.uint16 else 8, (hwc,))
 
 
@@ -224,7 +224,7 @@ def _frame_mode(image: Image.Image) -> str:
 def _samples(image: Image.Image, mode: str) -> tuple[np.ndarray, int]:
     if mode == "L;16":
         a = np.asarray(image.convert("I;16") if image.mode != "I;16" else image)
-        return np.ascontiguousarray(a.astype(np.uint16)[:, :, None]), 16
+        return np.array(a.astype(np.uint16)[:, :, None], order="C"), 16
     im = image if image.mode == mode else image.convert(mode)
     a = np.asarray(im, dtype=np.uint8)
     return np.ascontiguousarray(a if a.ndim == 3 else a[:, :, None]), 8
@@ -319,7 +319,7 @@ def _png16_out(content: Content, options: dict) -> bytes:
 
     if len(content.frames) != 1:
         raise UnsupportedImageError("16-bit animations are not supported")
-    png = bytes(imagecodecs.png_encode(content.frames[0], level=9))
+    png = bytes(imagecodecs.png_encode(np.array(content.frames[0], order="C"), level=9))
     if not options:
         return png
     buf = io.BytesIO()

@@ -108,22 +108,13 @@ def one_line(message: str) -> None:
 # --- 1. round trips through the CLI -----------------------------------------------------------
 
 
-GREY16_REPORT_BUG = (
-    "encode's report line (cli._encode_report -> content.to_png -> _png16_out) hands "
-    "imagecodecs.png_encode the (H, W, 1) frame read_content made from a 16-bit greyscale "
-    "image, whose channel axis has stride 0 (np.ascontiguousarray(a[:, :, None])): libpng's "
-    "binding refuses it (ValueError: invalid data shape, strides, or dtype) after the .nnc "
-    "was written, and the CLI exits 3 with an internal error"
-)
 
 
 @pytest.mark.parametrize(
     "shape, quiet",
     [
         ((24, 32, 3), False),
-        pytest.param(
-            (24, 32), False, marks=pytest.mark.xfail(strict=True, reason=GREY16_REPORT_BUG)
-        ),
+        ((24, 32), False),
         ((24, 32), True),  # no report line: the round trip itself
     ],
     ids=["rgb16", "grey16", "grey16-quiet"],
@@ -145,7 +136,6 @@ def test_cli_16bit_png_round_trip(tmp_path: Path, shape, quiet: bool) -> None:
     assert out.read_bytes()[24] == 16  # IHDR bit depth
 
 
-@pytest.mark.xfail(strict=True, reason=GREY16_REPORT_BUG)
 def test_to_png_of_read_16bit_grey() -> None:
     """The bug above without the CLI: a 16-bit greyscale Content as read cannot be written."""
     from nncompress.content import to_png
