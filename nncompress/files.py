@@ -51,6 +51,7 @@ from .planes import (
     encode_planes,
     load_model,
     model_for,
+    model_tile,
     require_integer,
     score_planes,
 )
@@ -180,9 +181,14 @@ def encode_contents(
                 fr.alpha = classical.best(np.ascontiguousarray(f[:, :, -1:]))
             if method == "auto" and score_first(dev):
                 require_integer(lm)
-                bits, _ = score_planes(lm, _colour(f, c.has_alpha), dev, tile)
+                planes = _colour(f, c.has_alpha)
+                quick = classical.best(f, ("jxl",), effort="standard")
+                if _sampled_loses(lm, planes, dev, tile, len(quick[1]) - _alpha_bytes(fr)):
+                    fr.classical = _classical(f, "auto")
+                    continue
+                bits, _ = score_planes(lm, planes, dev, tile)
                 fr.model_predicted = bits / 8 + MODEL_PART_OVERHEAD + _alpha_bytes(fr)
-                fr.classical = _after_model(f, fr.model_predicted)
+                fr.classical = _after_model(f, fr.model_predicted, quick)
                 if fr.model_predicted >= len(fr.classical[1]):
                     continue
             todo.setdefault(lm.digest, (lm, []))[1].append((i, k))
@@ -218,10 +224,29 @@ def score_first(dev: torch.device) -> bool:
     return dev.type == "cpu"
 
 
-def _after_model(frame: np.ndarray, model_bytes: float) -> tuple[str, bytes]:
+#: Score every SAMPLE_EVERY-th tile first (CPU) where there are at least SAMPLE_MIN_TILES;
+#: a model predicted SAMPLE_LOSES times JPEG-XL effort 7's size or more is not scored in
+#: full (screenshots, charts, logos: the photo model costs several times the classical
+#: codecs there, and a full score of an 800x600 screenshot took ~45 s on one CPU core).
+SAMPLE_EVERY, SAMPLE_MIN_TILES, SAMPLE_LOSES = 8, 32, 1.25
+
+
+def _sampled_loses(lm, planes: np.ndarray, dev, tile, classical_bytes: int) -> bool:
+    th, tw = model_tile(lm, tile)
+    tiles = -(-planes.shape[1] // th) * -(-planes.shape[2] // tw)
+    if tiles < SAMPLE_MIN_TILES:
+        return False
+    bits, _ = score_planes(lm, planes, dev, tile, every=SAMPLE_EVERY)
+    return bits / 8 >= SAMPLE_LOSES * classical_bytes
+
+
+def _after_model(
+    frame: np.ndarray, model_bytes: float, quick: tuple[str, bytes] | None = None
+) -> tuple[str, bytes]:
     """The classical candidate, given the model's (predicted or coded) size: JPEG-XL at
     effort 7 alone where the model beats it clearly, else the best of all."""
-    quick = classical.best(frame, ("jxl",), effort="standard")
+    if quick is None:
+        quick = classical.best(frame, ("jxl",), effort="standard")
     if model_bytes < CLEAR_WIN * len(quick[1]):
         return quick
     return _classical(frame, "auto")

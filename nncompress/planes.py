@@ -195,15 +195,31 @@ def score_planes(
     dev: torch.device,
     tile: int | tuple[int, int] | None,
     max_batch: int = 64,
+    every: int = 1,
 ) -> tuple[float, np.ndarray]:
     """The model's information content of ``planes`` (C, H, W) in bits, over the same
     tiles the coder would use, by one parallel pass (no coding), and the (H, W) map of
-    bits per pixel. (Float models score too: their numbers are for comparison only.)"""
+    bits per pixel. (Float models score too: their numbers are for comparison only.)
+    ``every`` > 1: only every such tile is scored and the total extrapolated by pixel
+    count (an estimate; the map then holds zeros elsewhere)."""
     th, tw = model_tile(lm, tile)
     grid = grid_for(planes.shape[1], planes.shape[2], th, tw)
     net = lm.model.to(dev).eval()
     grey = planes.shape[0] != net.channels
     tiles = torch.from_numpy(grid.split(_replicated(planes, net.channels), net.padding))
+    if every > 1:
+        keep = torch.arange(0, len(tiles), every)
+        ext = torch.from_numpy(grid.extents())[keep]
+        scored = tiles[keep]
+        bits = 0.0
+        with torch.no_grad(), coding_context(dev, default_cpu_threads()):
+            for s in range(0, len(scored), max_batch):
+                lp = net.log_prob(scored[s : s + max_batch].to(dev))
+                lp = (lp[:, :1] if grey else lp).sum(1).double().cpu()
+                for t, (h, w) in zip(lp, ext[s : s + max_batch]):
+                    bits -= float(t[:h, :w].sum()) / math.log(2)
+        pixels = int((ext[:, 0] * ext[:, 1]).sum())
+        return bits * planes.shape[1] * planes.shape[2] / pixels, np.zeros(planes.shape[1:])
     bits = []
     with torch.no_grad(), coding_context(dev, default_cpu_threads()):
         for s in range(0, len(tiles), max_batch):
