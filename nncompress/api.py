@@ -182,6 +182,7 @@ def same_content(a: Content, b: Content) -> bool:
         and len(a.frames) == len(b.frames)
         and all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames))
         and a.durations == b.durations
+        and a.palette == b.palette
         and (not a.durations or a.loop == b.loop)
         and tuple(a.metadata) == tuple(b.metadata)
     )

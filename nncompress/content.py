@@ -27,6 +27,9 @@ from .images import DEFAULT_MAX_PIXELS, check_pixel_count, open_image
 
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 MODES = {c: m for m, c in CHANNELS.items()}
+#: Still palette images keep their indices and palette ("P"), bilevel ones their mode
+#: ("1", samples 0 or 255).
+CHANNELS.update({"P": 1, "1": 1})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 #: Pillow modes read as they are (8-bit), and those converted on the way in.
@@ -53,6 +56,8 @@ class Content:
     source_bytes: int | None = None
     #: Metadata of a JPEG input that only the JPEG file itself carries (see files.py).
     uncarried: tuple[str, ...] = ()
+    #: Mode "P": the palette, 4 bytes (R, G, B, A) per entry.
+    palette: bytes | None = None
 
     @property
     def height(self) -> int:
@@ -85,11 +90,15 @@ class Content:
         return Content(
             self.mode, self.bit_depth, self.frames, self.durations, self.loop,
             tuple(meta.strip(self.metadata)), None, self.source_format, self.source_bytes,
+            palette=self.palette,
         )
 
     def pixels_only(self) -> Content:
         """The samples and frame timing alone (reference sizes of classical codecs)."""
-        return Content(self.mode, self.bit_depth, self.frames, self.durations, self.loop)
+        return Content(
+            self.mode, self.bit_depth, self.frames, self.durations, self.loop,
+            palette=self.palette,
+        )
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -162,7 +171,7 @@ def _from_file(data: bytes, limit: int, strip: bool, option: str = "max_pixels")
         content = _from_pil(image, depth, strip, lost, defer=jpeg is not None)
     return Content(
         content.mode, content.bit_depth, content.frames, content.durations, content.loop,
-        content.metadata, jpeg, image.format, len(data), content.uncarried,
+        content.metadata, jpeg, image.format, len(data), content.uncarried, content.palette,
     )
 
 
@@ -240,6 +249,14 @@ def _from_pil(
     if image.width < 1 or image.height < 1:
         raise UnsupportedImageError("image has no pixels")
     n = getattr(image, "n_frames", 1)
+    if n == 1 and image.mode in ("P", "1"):
+        items, uncarried = _metadata(image, strip, lost, defer)
+        if image.mode == "1":
+            a = np.asarray(image.convert("L"), dtype=np.uint8)[:, :, None]
+            return Content("1", 8, (np.array(a, order="C"),), metadata=items,
+                           uncarried=uncarried)  # fmt: skip
+        idx, palette = _palette(image)
+        return Content("P", 8, (idx,), metadata=items, uncarried=uncarried, palette=palette)
     if n == 1:
         mode = _frame_mode(image)
         hwc, depth = _samples(image, mode)
@@ -252,6 +269,26 @@ def _from_pil(
             MODES[hwc.shape[2]], depth, (hwc,), metadata=items, uncarried=uncarried
         )
     return _animation(image, n, strip, lost)
+
+
+def _palette(image: Image.Image) -> tuple[np.ndarray, bytes]:
+    """A P image's indices (H, W, 1) and its palette as RGBA entries (the transparency
+    entry or tRNS alphas folded in)."""
+    idx = np.array(np.asarray(image, dtype=np.uint8)[:, :, None], order="C")
+    if image.palette is not None and image.palette.mode == "RGBA":
+        rgba = np.frombuffer(bytes(image.getpalette("RGBA") or []), np.uint8).reshape(-1, 4)
+    else:
+        rgb = np.array(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+        rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+        t = image.info.get("transparency")
+        if isinstance(t, int) and 0 <= t < len(rgba):
+            rgba[t, 3] = 0
+        elif isinstance(t, (bytes, bytearray)):
+            n = min(len(t), len(rgba))
+            rgba[:n, 3] = np.frombuffer(bytes(t[:n]), np.uint8)
+    if not 1 <= len(rgba) <= 256 or int(idx.max()) >= len(rgba):
+        raise UnsupportedImageError("palette image whose indices exceed its palette")
+    return idx, np.ascontiguousarray(rgba).tobytes()
 
 
 def _animation(image: Image.Image, n: int, strip: bool, lost: list[str] | None) -> Content:
@@ -295,6 +332,10 @@ def to_png(content: Content) -> bytes:
         return _png16_out(content, options)
     images = [_pil_frame(f, content.mode, content.bit_depth) for f in content.frames]
     buf = io.BytesIO()
+    if content.mode == "P":
+        images[0], alpha = _with_palette(images[0], content.palette)
+        if alpha is not None:
+            options = {**options, "transparency": alpha}
     if len(images) == 1:
         images[0].save(buf, format="PNG", **options)
     else:
@@ -306,7 +347,22 @@ def to_png(content: Content) -> bytes:
     return buf.getvalue()
 
 
+def _with_palette(im: Image.Image, palette: bytes) -> tuple[Image.Image, bytes | None]:
+    """The P image with its palette, and the tRNS alphas if any entry is not opaque."""
+    rgba = np.frombuffer(palette, np.uint8).reshape(-1, 4)
+    im.putpalette(rgba[:, :3].tobytes(), "RGB")
+    alpha = rgba[:, 3]
+    if (alpha == 255).all():
+        return im, None
+    last = int(np.flatnonzero(alpha != 255)[-1]) + 1
+    return im, alpha[:last].tobytes()
+
+
 def _pil_frame(a: np.ndarray, mode: str, depth: int) -> Image.Image:
+    if mode == "P":
+        return Image.frombytes("P", (a.shape[1], a.shape[0]), a[:, :, 0].tobytes())
+    if mode == "1":
+        return Image.fromarray(a[:, :, 0]).convert("1", dither=Image.Dither.NONE)
     if depth == 16:
         return Image.fromarray(np.ascontiguousarray(a[:, :, 0], dtype=np.uint16))  # I;16
     return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, mode=mode)
@@ -353,6 +409,10 @@ def to_pil(content: Content) -> Image.Image:
             f"16-bit {content.mode} does not fit a Pillow image (use api.decompress_content)"
         )
     im = _pil_frame(content.frames[0], content.mode, content.bit_depth)
+    if content.mode == "P":
+        im, alpha = _with_palette(im, content.palette)
+        if alpha is not None:
+            im.info["transparency"] = alpha
     for item in content.metadata:
         if item.kind == "icc":
             im.info["icc_profile"] = item.value

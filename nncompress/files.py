@@ -159,7 +159,11 @@ def encode_contents(
             raise UnsupportedImageError(
                 f"the model codes 8-bit images; this one has {c.bit_depth} bits per sample"
             )
-        if method in ("auto", "model") and c.bit_depth == 8:
+        if method == "model" and c.mode == "P":
+            raise UnsupportedImageError(
+                "the model codes pixel values, not palette indices (use --method auto)"
+            )
+        if method in ("auto", "model") and c.bit_depth == 8 and c.mode != "P":
             ch = c.channels - (1 if c.has_alpha else 0)
             if ch not in models:
                 try:
@@ -172,6 +176,8 @@ def encode_contents(
     todo: dict[bytes, tuple[LoadedModel, list[tuple[int, int]]]] = {}
     for i, (c, plan) in enumerate(zip(contents, plans)):
         if isinstance(plan, bytes) or c.bit_depth != 8 or method not in ("auto", "model"):
+            continue
+        if c.mode == "P":
             continue
         lm = models.get(c.channels - (1 if c.has_alpha else 0))
         if lm is None:
@@ -309,9 +315,13 @@ def _assemble(c: Content, plan, lm: LoadedModel | None, dev: torch.device) -> En
             used_model = True
         else:
             parts.append((whole[0], "all", k, whole[1]))
+    if c.mode == "P":
+        parts.append(("palette", "none", 0, c.palette))
     if c.metadata:
         parts.append(("meta", "none", 0, meta.encode(c.metadata)))
-    crc = fmt.content_crc32(c.mode, c.bit_depth, c.width, c.height, c.frame_bytes())
+    crc = fmt.content_crc32(
+        c.mode, c.bit_depth, c.width, c.height, c.frame_bytes(), c.palette or b""
+    )
     # The encoder label (informational) only where the model coded: classical files of
     # small images pay for every header byte.
     f = fmt.build_header(
@@ -427,7 +437,7 @@ def _shape(f) -> tuple[int, int, int]:
 
 def _model_part(f, entry: fmt.PartEntry, data: bytes) -> tuple[container.Header, bytes]:
     h = f.header
-    mode = "L" if h.mode in ("L", "LA") else "RGB"
+    mode = "RGB" if h.mode in ("RGB", "RGBA") else "L"
     return fmt.unpack_model_part(data, mode, h.width, h.height)
 
 
@@ -445,10 +455,13 @@ def _finish(f, i: int, model_planes: dict, name: str | None) -> Decoded:
     alpha = h.mode in ("LA", "RGBA")
     frames: list[np.ndarray] = [np.zeros((h.height, h.width, ch), dtype) for _ in range(h.frames)]
     items: tuple[meta.Item, ...] = ()
+    palette = None
     for k, (entry, data) in enumerate(f.parts()):
-        frame = frames[entry.frame] if entry.method != "meta" else None
+        frame = frames[entry.frame] if entry.planes != "none" else None
         if entry.method == "meta":
             items = tuple(meta.decode(data))
+        elif entry.method == "palette":
+            palette = data
         elif entry.method == "model":
             frame[:, :, : ch - (1 if alpha else 0)] = model_planes[(i, k)].transpose(1, 2, 0)
         else:
@@ -459,11 +472,16 @@ def _finish(f, i: int, model_planes: dict, name: str | None) -> Decoded:
             else:
                 shape, target = (h.height, h.width, ch), slice(0, ch)
             frame[:, :, target] = classical.decode(entry.method, data, shape, dtype)
-    content = Content(h.mode, h.bit_depth, tuple(frames), h.durations, h.loop, items)
-    if fmt.content_crc32(h.mode, h.bit_depth, h.width, h.height, content.frame_bytes()) != (
-        h.content_crc32
-    ):
+    content = Content(
+        h.mode, h.bit_depth, tuple(frames), h.durations, h.loop, items, palette=palette
+    )
+    crc = fmt.content_crc32(
+        h.mode, h.bit_depth, h.width, h.height, content.frame_bytes(), palette or b""
+    )
+    if crc != h.content_crc32:
         raise IntegrityError(_crc_message(name))
+    if h.mode == "P" and int(frames[0].max()) >= len(palette) // 4:
+        raise FormatError("palette indices beyond the palette")
     return Decoded(h, content)
 
 

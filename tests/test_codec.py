@@ -12,6 +12,7 @@ from PIL import Image
 
 from nncompress import api, files
 from nncompress.codec import TileGrid, chunk_ranges, plan_batches
+from nncompress.errors import UnsupportedImageError
 from nncompress.modelfile import LoadedModel
 from nncompress.quant.convert import to_integer
 
@@ -133,17 +134,27 @@ def test_payload_within_one_percent_of_model_nll_on_a_photo():
     assert np.array_equal(np.asarray(api.decompress(res.data, lm, "cpu")), np.asarray(photo))
 
 
-@pytest.mark.parametrize("mode,coded", [("RGBA", "RGBA"), ("LA", "LA"), ("P", "RGB"), ("1", "L")])
-def test_round_trip_of_converted_and_alpha_modes(mode, coded):
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "1"])
+def test_round_trip_of_alpha_and_bilevel_modes_through_the_model(mode):
     base = random_image("RGB", 23, 11, seed=5)
-    im = base.quantize(32) if mode == "P" else base.convert(mode)
-    lm = as_loaded(fitted_histogram(1 if coded in ("L", "LA") else 3))
+    im = base.convert(mode)
+    lm = as_loaded(fitted_histogram(3 if mode == "RGBA" else 1))
     data = api.compress(im, lm, "cpu", method="model")
     assert files.parse(data).header.parts[0].method == "model"
     out = api.decompress(data, lm, "cpu")
-    assert out.mode == coded
-    want = im.convert(coded) if mode in ("P", "1") else im
-    assert np.array_equal(np.asarray(out), np.asarray(want))
+    assert out.mode == mode
+    assert np.array_equal(np.asarray(out), np.asarray(im))
+
+
+def test_palette_images_keep_indices_and_palette_and_refuse_the_model():
+    im = random_image("RGB", 23, 11, seed=5).quantize(32)
+    out = api.decompress(api.compress(im, device="cpu"), device="cpu")
+    assert out.mode == "P"
+    assert np.array_equal(np.asarray(out), np.asarray(im))
+    assert out.getpalette()[: 3 * 32] == im.getpalette()[: 3 * 32]
+    lm = as_loaded(fitted_histogram(3))
+    with pytest.raises(UnsupportedImageError, match="palette indices"):
+        api.compress(im, lm, "cpu", method="model")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -28,13 +28,14 @@ from . import format as v4
 VERSION: Final = 5
 
 #: Image modes and their channel counts (samples per pixel, all stored).
-MODE_CODES: Final = MappingProxyType({"L": 1, "LA": 2, "RGB": 3, "RGBA": 4})
-MODE_CHANNELS: Final = MappingProxyType({"L": 1, "LA": 2, "RGB": 3, "RGBA": 4})
+#: "P": palette indices (the palette in a "palette" part); "1": bilevel, samples 0 or 255.
+MODE_CODES: Final = MappingProxyType({"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 5, "1": 6})
+MODE_CHANNELS: Final = MappingProxyType({"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1, "1": 1})
 BIT_DEPTHS: Final = (8, 16)
 #: How a part was coded. "meta": the metadata items (nncompress.metadata); "jpeg": the
 #: input JPEG file itself, through JPEG-XL's lossless JPEG transcoding.
 METHOD_CODES: Final = MappingProxyType(
-    {"model": 1, "jxl": 2, "webp": 3, "png": 4, "store": 5, "jpeg": 6, "meta": 7}
+    {"model": 1, "jxl": 2, "webp": 3, "png": 4, "store": 5, "jpeg": 6, "meta": 7, "palette": 8}
 )
 #: Which samples of its frame a part holds: every channel, the colour channels (L or RGB of
 #: an LA / RGBA image), or the alpha channel; "none" for the metadata part.
@@ -162,7 +163,7 @@ class FileHeader:
         """The pixel methods used, e.g. "model" or "model+png" (colour + alpha)."""
         seen: list[str] = []
         for p in self.parts:
-            if p.method != "meta" and p.method not in seen:
+            if p.method not in ("meta", "palette") and p.method not in seen:
                 seen.append(p.method)
         return "+".join(seen)
 
@@ -187,6 +188,8 @@ def header_problem(h: FileHeader) -> str | None:
         return f"unknown mode {h.mode!r}"
     if h.bit_depth not in BIT_DEPTHS:
         return f"bit depth {h.bit_depth} not supported (8 or 16)"
+    if h.mode in ("P", "1") and h.bit_depth != 8:
+        return f"mode {h.mode} is 8-bit"
     if not (1 <= h.width < 2**32 and 1 <= h.height < 2**32):
         return f"bad image size {h.width}x{h.height}"
     if h.width * h.height > MAX_PIXELS:
@@ -221,6 +224,16 @@ def _parts_problem(h: FileHeader) -> str | None:
         meta = parts.pop()
         if meta.planes != "none" or meta.frame != 0:
             return "the metadata part holds no planes"
+    if h.mode == "P":
+        if not parts or parts[-1].method != "palette" or h.durations:
+            return "a palette image (a still one) has one palette part, after its pixels"
+        pal = parts.pop()
+        if pal.planes != "none" or pal.frame != 0 or not 4 <= pal.length <= 1024:
+            return "bad palette part (1..256 RGBA entries, no planes)"
+        if pal.length % 4:
+            return "bad palette part (1..256 RGBA entries, no planes)"
+        if any(p.method == "model" for p in parts):
+            return "palette indices are not coded by the model"
     if parts and parts[0].method == "jpeg":
         if len(parts) != 1 or h.frames != 1 or h.bit_depth != 8 or h.mode not in ("L", "RGB"):
             return "a JPEG part is the only part of a still 8-bit L or RGB image"
@@ -233,7 +246,7 @@ def _parts_problem(h: FileHeader) -> str | None:
     i = 0
     while i < len(parts):
         p = parts[i]
-        if p.method not in PIXEL_METHODS:
+        if p.method not in PIXEL_METHODS:  # (a palette part elsewhere lands here too)
             return f"part {i}: method {p.method} does not code pixels"
         if p.planes == "alpha":
             return f"part {i}: an alpha part without its colour part"
@@ -255,15 +268,20 @@ def _parts_problem(h: FileHeader) -> str | None:
 
 
 def content_crc32(
-    mode: str, bit_depth: int, width: int, height: int, frames: Sequence[bytes]
+    mode: str,
+    bit_depth: int,
+    width: int,
+    height: int,
+    frames: Sequence[bytes],
+    palette: bytes = b"",
 ) -> int:
-    """CRC-32 of (mode code, bit depth, width, height, frame count) and each frame's
-    samples: rows top to bottom, pixels left to right, channels in mode order, 16-bit
-    samples little-endian."""
+    """CRC-32 of (mode code, bit depth, width, height, frame count), each frame's
+    samples (rows top to bottom, pixels left to right, channels in mode order, 16-bit
+    samples little-endian) and, for a palette image, the palette (RGBA entries)."""
     crc = zlib.crc32(_CRC_HEAD.pack(MODE_CODES[mode], bit_depth, width, height, len(frames)))
     for f in frames:
         crc = zlib.crc32(f, crc)
-    return crc
+    return zlib.crc32(palette, crc)
 
 
 def _encode_header(h: FileHeader) -> bytes:

@@ -1,11 +1,16 @@
 """Val photos through format 5 on the GPU: method auto (the model must still win on
 photos, and the total must not get worse than model-only), decode and compare."""
-import json, os, sys, time, glob
-import numpy as np
-from PIL import Image
+import glob
+import json
+import os
+import sys
+import time
+
 import torch
+
 from nncompress import api, classical
 from nncompress.content import read_content
+
 out = sys.argv[1]
 paths = sorted(glob.glob(".gpu-data/val/*"))
 contents = [read_content(p) for p in paths]
@@ -13,12 +18,15 @@ samples = sum(c.samples for c in contents)
 print("device", torch.cuda.get_device_name(0), "photos", len(paths), "samples", samples)
 rows = {}
 for method in ("model", "auto"):
-    torch.cuda.synchronize(); t = time.time()
+    torch.cuda.synchronize()
+    t = time.time()
     res = api.compress_detailed(contents, device="cuda", method=method)
-    torch.cuda.synchronize(); enc = time.time() - t
+    torch.cuda.synchronize()
+    enc = time.time() - t
     t = time.time()
     back = api.decompress_detailed([r.data for r in res], device="cuda")
-    torch.cuda.synchronize(); dec = time.time() - t
+    torch.cuda.synchronize()
+    dec = time.time() - t
     exact = all(api.same_content(c, d.content) for c, d in zip(contents, back))
     total = sum(len(r.data) for r in res)
     rows[method] = dict(
@@ -28,8 +36,8 @@ for method in ("model", "auto"):
         per_image=[dict(name=os.path.basename(p), bytes=len(r.data), method=r.method,
                         candidates=r.candidates) for p, r in zip(paths, res)],
     )
-    print(method, f"{8*total/samples:.4f} bits/subpixel", total, "bytes", f"enc {enc:.1f}s dec {dec:.1f}s",
-          "exact", exact, rows[method]["methods"])
+    print(method, f"{8*total/samples:.4f} bits/subpixel", total, "bytes",
+          f"enc {enc:.1f}s dec {dec:.1f}s", "exact", exact, rows[method]["methods"])
 # JPEG-XL (classical.best's jxl) alone, for the table
 t = time.time()
 jx = sum(len(classical.encode("jxl", c.frames[0])) for c in contents)
