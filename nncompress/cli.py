@@ -554,7 +554,7 @@ def _encode_report(content, res) -> str:
         method += f" {res.model_name}, ideal {res.model_bits_per_subpixel:.3f}"
     line = f"{len(res.data):,} bytes, {res.bits_per_subpixel:.3f} bits/subpixel ({method})"
     if res.method != "jpeg":
-        line += f", {len(res.data) / len(to_png(content.stripped())):.3f}x PNG"
+        line += f", {len(res.data) / len(to_png(content.stripped(), PNG_LEVEL)):.3f}x PNG"
     if res.source_bytes:
         line += f", {len(res.data) / res.source_bytes:.3f}x the {res.source_format} file"
         if res.source_format == "JPEG" and res.method != "jpeg":
@@ -787,7 +787,7 @@ def decode(
             tally.fail(problem[1])
             continue
         taken.add(dst)
-        todo.append((src, dst, note, blob, f.header))
+        todo.append((src, dst, note, blob, f))
     if todo:
         _decode_and_write(todo, model, device, force, limit, quiet, progress, tally, max_batch)
     tally.finish()
@@ -805,7 +805,7 @@ def _decode_and_write(
 
     given = api.load_model(model) if model else None
     if not quiet:
-        _warn_if_slow_decode([(blob, given) for *_, blob, _ in todo], device)
+        _warn_if_slow_decode([(f, given) for *_, f in todo], device)
     decoded = api.decompress_detailed(
         [blob for *_, blob, _ in todo],
         given,
@@ -815,7 +815,8 @@ def _decode_and_write(
         max_batch=max_batch,
         names=[src for src, *_ in todo],
     )
-    for (src, dst, note, _, h), d in zip(todo, decoded):
+    for (src, dst, note, _, f), d in zip(todo, decoded):
+        h = f.header
         data = d.content.jpeg if d.is_jpeg else to_png(d.content)
         if _write_reported(dst, data, force, tally) and not quiet:
             what = "the JPEG file" if d.is_jpeg else f"{h.width}x{h.height} {h.mode}"
@@ -828,9 +829,9 @@ def _decode_and_write(
             click.echo(f"{src} -> {dst}{note}: {what}", err=dst == STDIO)
 
 
-def _warn_if_slow_decode(files: Sequence[tuple[bytes, Any]], device: str) -> None:
-    """_warn_if_slow for the model parts of the files (blob, model given or None) when
-    they decode on the CPU (any file decodes on any device)."""
+def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
+    """_warn_if_slow for the model parts of the files (parsed file, model given or None)
+    when they decode on the CPU (any file decodes on any device)."""
     from .files import model_parts
     from .runtime import resolve_device
 
@@ -842,9 +843,9 @@ def _warn_if_slow_decode(files: Sequence[tuple[bytes, Any]], device: str) -> Non
         return
     rates: dict[str, float | None] = {}
     work = []
-    for blob, given in files:
+    for parsed, given in files:
         try:
-            parts = model_parts(blob)
+            parts = model_parts(parsed)
         except NncError:
             continue  # decoding reports it
         for header in parts:
@@ -864,6 +865,7 @@ def info(files, as_json) -> None:
     """Show what .nnc files hold: method, mode, bit depth, size, frames, parts, model,
     metadata carried."""
     from . import container
+    from .container.file import MODE_CHANNELS
     from .files import describe, parse
 
     rows = []
@@ -873,7 +875,7 @@ def info(files, as_json) -> None:
             d = describe(parse(data))
         except NncError as e:
             raise _Fail(f"{f}: {e}") from None
-        samples = d["width"] * d["height"] * d["frames"] * len(d["mode"])
+        samples = d["width"] * d["height"] * d["frames"] * MODE_CHANNELS[d["mode"]]
         d = {"file": f, "file_bytes": len(data), **d}
         d["bits_per_subpixel"] = round(8 * len(data) / samples, 4)
         rows.append(d)

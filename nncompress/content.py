@@ -80,6 +80,11 @@ class Content:
     def has_alpha(self) -> bool:
         return self.mode in ("LA", "RGBA")
 
+    @property
+    def colour_channels(self) -> int:
+        """The channels but alpha: the planes a model part would code."""
+        return self.channels - (1 if self.has_alpha else 0)
+
     def frame_bytes(self) -> list[bytes]:
         """Each frame's samples as the content CRC reads them (16-bit little-endian)."""
         dt = np.dtype("<u2") if self.bit_depth == 16 else np.uint8
@@ -93,12 +98,6 @@ class Content:
             palette=self.palette,
         )
 
-    def pixels_only(self) -> Content:
-        """The samples and frame timing alone (reference sizes of classical codecs)."""
-        return Content(
-            self.mode, self.bit_depth, self.frames, self.durations, self.loop,
-            palette=self.palette,
-        )
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -324,12 +323,15 @@ def _animation(image: Image.Image, n: int, strip: bool, lost: list[str] | None) 
 # --- writing ---------------------------------------------------------------------------
 
 
-def to_png(content: Content) -> bytes:
+def to_png(content: Content, level: int | None = None) -> bytes:
     """The content as one PNG file (an animated PNG for several frames), its metadata
-    written into the PNG's chunks (nncompress.metadata.png_save_options)."""
+    written into the PNG's chunks (nncompress.metadata.png_save_options). ``level``:
+    the zlib level (default: Pillow's, 6; 16-bit: 9)."""
     options = meta.png_save_options(content.metadata) if content.metadata else {}
     if content.bit_depth == 16:
-        return _png16_out(content, options)
+        return _png16_out(content, options, 9 if level is None else level)
+    if level is not None:
+        options = {**options, "compress_level": level}
     images = [_pil_frame(f, content.mode, content.bit_depth) for f in content.frames]
     buf = io.BytesIO()
     if content.mode == "P":
@@ -368,14 +370,14 @@ def _pil_frame(a: np.ndarray, mode: str, depth: int) -> Image.Image:
     return Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a, mode=mode)
 
 
-def _png16_out(content: Content, options: dict) -> bytes:
+def _png16_out(content: Content, options: dict, level: int) -> bytes:
     """16-bit PNG: libpng writes the pixels (Pillow has no 16-bit colour mode); the
     metadata chunks come from a 1x1 PNG that Pillow writes with the same options."""
     import imagecodecs
 
     if len(content.frames) != 1:
         raise UnsupportedImageError("16-bit animations are not supported")
-    png = bytes(imagecodecs.png_encode(np.array(content.frames[0], order="C"), level=9))
+    png = bytes(imagecodecs.png_encode(np.array(content.frames[0], order="C"), level=level))
     if not options:
         return png
     buf = io.BytesIO()

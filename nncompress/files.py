@@ -39,14 +39,13 @@ import torch
 from . import __version__, classical, container
 from . import metadata as meta
 from .container import file as fmt
-from .content import Content, read_content
+from .content import Content
 from .errors import FormatError, IntegrityError, UnsupportedImageError
 from .images import check_pixel_count
 from .modelfile import LoadedModel
 from .planes import (
     DEFAULT_MAX_BATCH,
     ProgressFactory,
-    codes,
     decode_parts,
     encode_planes,
     load_model,
@@ -164,7 +163,7 @@ def encode_contents(
                 "the model codes pixel values, not palette indices (use --method auto)"
             )
         if method in ("auto", "model") and c.bit_depth == 8 and c.mode != "P":
-            ch = c.channels - (1 if c.has_alpha else 0)
+            ch = c.colour_channels
             if ch not in models:
                 try:
                     models[ch] = model_for(given, ch, dev.type)
@@ -179,7 +178,7 @@ def encode_contents(
             continue
         if c.mode == "P":
             continue
-        lm = models.get(c.channels - (1 if c.has_alpha else 0))
+        lm = models.get(c.colour_channels)
         if lm is None:
             continue
         for k, (f, fr) in enumerate(zip(c.frames, plan)):
@@ -217,7 +216,7 @@ def encode_contents(
                 elif fr.classical is None:
                     fr.classical = _classical(f, "auto")
     return [
-        _assemble(c, plan, models.get(c.channels - (1 if c.has_alpha else 0)), dev)
+        _assemble(c, plan, models.get(c.colour_channels), dev)
         for c, plan in zip(contents, plans)
     ]
 
@@ -311,7 +310,7 @@ def _assemble(c: Content, plan, lm: LoadedModel | None, dev: torch.device) -> En
             else:
                 parts.append(("model", "all", k, fr.model))
             info_bits += fr.model_bits
-            model_samples += c.width * c.height * (c.channels - (1 if c.has_alpha else 0))
+            model_samples += c.width * c.height * c.colour_channels
             used_model = True
         else:
             parts.append((whole[0], "all", k, whole[1]))
@@ -425,9 +424,8 @@ def decode_files(
     ]
 
 
-def model_parts(blob: bytes) -> list[container.Header]:
-    """The (format-4 style) headers of a file's model parts, without decoding."""
-    f = parse(blob)
+def model_parts(f) -> list[container.Header]:
+    """The (format-4 style) headers of a parsed file's model parts, without decoding."""
     return [_model_part(f, e, d)[0] for e, d in f.parts() if e.method == "model"]
 
 
@@ -524,7 +522,7 @@ def describe(f: fmt.File, items: Sequence[meta.Item] | None = None) -> dict[str,
     for entry, data in f.parts():
         row = f"{entry.method} {entry.planes} frame {entry.frame}: {entry.length:,} bytes"
         if entry.method == "model":
-            mh, payload = _model_part(f, entry, data)
+            mh, _ = _model_part(f, entry, data)
             out.setdefault("model_name", mh.model_name)
             out.setdefault("model_digest", mh.model_digest.hex())
             out.setdefault("tile", f"{mh.tile_h}x{mh.tile_w}")
@@ -544,11 +542,9 @@ __all__ = [
     "METHODS",
     "Decoded",
     "Encoded",
-    "codes",
     "decode_files",
     "describe",
     "encode_contents",
+    "model_parts",
     "parse",
-    "read_content",
-    "FormatError",
 ]

@@ -207,27 +207,21 @@ def score_planes(
     net = lm.model.to(dev).eval()
     grey = planes.shape[0] != net.channels
     tiles = torch.from_numpy(grid.split(_replicated(planes, net.channels), net.padding))
-    if every > 1:
-        keep = torch.arange(0, len(tiles), every)
-        ext = torch.from_numpy(grid.extents())[keep]
-        scored = tiles[keep]
-        bits = 0.0
-        with torch.no_grad(), coding_context(dev, default_cpu_threads()):
-            for s in range(0, len(scored), max_batch):
-                lp = net.log_prob(scored[s : s + max_batch].to(dev))
-                lp = (lp[:, :1] if grey else lp).sum(1).double().cpu()
-                for t, (h, w) in zip(lp, ext[s : s + max_batch]):
-                    bits -= float(t[:h, :w].sum()) / math.log(2)
-        pixels = int((ext[:, 0] * ext[:, 1]).sum())
-        return bits * planes.shape[1] * planes.shape[2] / pixels, np.zeros(planes.shape[1:])
-    bits = []
+    keep = torch.arange(0, len(tiles), every)
+    bits = []  # (b, th, tw) bits of each scored tile, padding included
     with torch.no_grad(), coding_context(dev, default_cpu_threads()):
-        for s in range(0, len(tiles), max_batch):
-            lp = net.log_prob(tiles[s : s + max_batch].to(dev))  # (b, C, th, tw) nats
+        for s in range(0, len(keep), max_batch):
+            lp = net.log_prob(tiles[keep[s : s + max_batch]].to(dev))  # (b, C, th, tw) nats
             lp = lp[:, :1] if grey else lp
             bits.append((-lp.sum(1) / math.log(2)).double().cpu())
-    bmap = grid.join(torch.cat(bits).unsqueeze(1).numpy())[0]
-    return float(bmap.sum()), bmap
+    tile_bits = torch.cat(bits)
+    if every == 1:
+        bmap = grid.join(tile_bits.unsqueeze(1).numpy())[0]
+        return float(bmap.sum()), bmap
+    ext = grid.extents()[keep.numpy()]
+    total = sum(float(t[:h, :w].sum()) for t, (h, w) in zip(tile_bits, ext))
+    pixels = int((ext[:, 0] * ext[:, 1]).sum())
+    return total * planes.shape[1] * planes.shape[2] / pixels, np.zeros(planes.shape[1:])
 
 
 @dataclass
@@ -271,12 +265,10 @@ def decode_parts(
     models: dict[bytes, LoadedModel] = {}
     for i, (h, _) in enumerate(parts):
         if h.model_digest not in models:
-            lm = given if given is not None else _zoo_load(h.model_name)
-            check_against(h, lm)
-            require_integer(lm)
-            models[h.model_digest] = lm
+            models[h.model_digest] = given if given is not None else _zoo_load(h.model_name)
         lm = models[h.model_digest]
         check_against(h, lm)
+        require_integer(lm)
         groups.setdefault((h.model_digest, h.channels_coded != lm.model.channels), []).append(i)
     for (digest, replicate), idx in groups.items():
         lm = models[digest]

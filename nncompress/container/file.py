@@ -109,13 +109,6 @@ class _Reader:
             raise FormatError(f"{stray} stray bytes at the end of the {self.what}")
 
 
-def _enum(code: int, codes, what: str) -> str:
-    for name, c in codes.items():
-        if c == code:
-            return name
-    raise FormatError(f"bad {what} code {code}")
-
-
 # --- the header -------------------------------------------------------------------------
 
 
@@ -168,20 +161,6 @@ class FileHeader:
         return "+".join(seen)
 
 
-def _text_problem(field_: str, value: object, hi: int) -> str | None:
-    if not isinstance(value, str):
-        return f"{field_} must be a str"
-    try:
-        n = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return f"{field_} is not valid UTF-8"
-    if n > hi:
-        return f"{field_} is {n} bytes (at most {hi})"
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
-        return f"{field_} contains control characters"
-    return None
-
-
 def header_problem(h: FileHeader) -> str | None:
     """The first thing wrong with ``h`` (FORMAT.md's rules), or None."""
     if h.mode not in MODE_CODES:
@@ -204,7 +183,7 @@ def header_problem(h: FileHeader) -> str | None:
         return f"{h.frames} frames of {h.width}x{h.height} exceed MAX_PIXELS ({MAX_PIXELS})"
     if not (0 <= h.content_crc32 < 2**32 and 0 <= h.parts_crc32 < 2**32):
         return "CRC out of range"
-    problem = _text_problem("encoder", h.encoder, MAX_ENCODER_BYTES)
+    problem = v4._text_problem("encoder", h.encoder, 0, MAX_ENCODER_BYTES)
     if problem is not None:
         return problem
     return _parts_problem(h)
@@ -309,7 +288,7 @@ def _encode_header(h: FileHeader) -> bytes:
 
 def _decode_header(body: bytes) -> FileHeader:
     r = _Reader(body, "header")
-    mode = _enum(r.u8("mode"), MODE_CODES, "mode")
+    mode = v4._decode_enum(r.u8("mode"), MODE_CODES, "mode")
     depth = r.u8("bit depth")
     width, height = r.varint("width"), r.varint("height")
     n_frames = r.varint("frame count")
@@ -323,8 +302,8 @@ def _decode_header(body: bytes) -> FileHeader:
         raise FormatError(f"part count {n_parts} exceeds MAX_PARTS ({MAX_PARTS})")
     parts = []
     for _ in range(n_parts):
-        method = _enum(r.u8("part method"), METHOD_CODES, "part method")
-        planes = _enum(r.u8("part planes"), PLANE_CODES, "part planes")
+        method = v4._decode_enum(r.u8("part method"), METHOD_CODES, "part method")
+        planes = v4._decode_enum(r.u8("part planes"), PLANE_CODES, "part planes")
         parts.append(PartEntry(method, planes, r.varint("part frame"), r.varint("part length")))
     enc_len = r.u8("encoder length")
     try:
