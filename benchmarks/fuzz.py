@@ -633,6 +633,44 @@ def mut_cross(rng, seed, others):
     return _repack(seed, rng, candidates)
 
 
+def mut_stream(rng, seed, _):
+    """One coder stream of a model part cut short, emptied or replaced by a few random
+    words, with the stream framing, the part length and the CRCs made valid again: the
+    decoder must notice that the stream ends before its symbols (codec.TAIL_BITS) or fail
+    the content check, never decode padding for long."""
+    from nncompress import files
+    from nncompress.container import file as fmt
+    from nncompress.container import format as v4
+
+    f = files.parse(seed.data)
+    found = [(i, d) for i, (e, d) in enumerate(f.parts()) if e.method == "model"]
+    if not found:
+        return None
+    i, part = found[0]
+    mp = _model_fields(f, part)
+    mh, _ = fmt.unpack_model_part(
+        part, "L" if f.header.mode in ("L", "LA") else "RGB", f.header.width, f.header.height
+    )
+    streams = v4.split_streams(mh, mp.payload)
+    k = rng.randrange(len(streams))
+    words = len(streams[k]) // 4
+    how = rng.choice(("empty", "first", "cut", "random"))
+    if how == "empty":
+        new = b""
+    elif how == "first":
+        new = streams[k][:4]
+    elif how == "cut":
+        new = streams[k][: 4 * rng.randrange(max(words, 1))]
+    else:
+        new = bytes(rng.randrange(256) for _ in range(4 * rng.randint(1, 3)))
+    if new == streams[k]:
+        return None
+    streams[k] = new
+    payload = v4.join_streams(streams)
+    desc = f"stream {k} of {len(streams)} ({words} words): {how} -> {len(new) // 4} words"
+    return desc, _apply(f, {f"model{i}.payload": payload})
+
+
 NNC_KINDS: dict[str, Mutator] = {
     "bitflip": mut_bitflip,
     "overwrite": mut_overwrite,
@@ -646,6 +684,7 @@ NNC_KINDS: dict[str, Mutator] = {
     "swap-dims": mut_swap_dims,
     "swap-fields": mut_swap_fields,
     "cross": mut_cross,
+    "stream": mut_stream,
 }
 
 

@@ -11,6 +11,7 @@ green; `python benchmarks/fuzz.py --kinds KIND` reproduces one."""
 from __future__ import annotations
 
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ NNC_CASES = {
     "swap-dims": 60,
     "swap-fields": 150,
     "cross": 150,
+    "stream": 200,
 }
 MODEL_CASES = {
     "model-bytes": 150,
@@ -213,3 +215,49 @@ def test_a_forged_integer_shift_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(NncError):
         lm = api.load_model(path)
         api.compress(fuzz.seed_image("L", 4, 4, 7), model=lm, tile=(4, 4), method="model")
+
+
+def test_a_stream_shorter_than_its_symbols_stops_the_decoder_early(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crafted file whose coder streams are one word each (framing and every CRC valid)
+    is refused as soon as the decoder has decoded more than codec.TAIL_BITS past the end of
+    a stream, not after decoding the claimed image from padding."""
+    import dataclasses
+
+    from conftest import model_part, random_image
+
+    from nncompress import api, codec, files
+    from nncompress.container import file as fmt
+    from nncompress.container import format as v4
+    from nncompress.errors import FormatError
+
+    data = api.compress(random_image("RGB", 96, 96, 3), model="hist-rgb", method="model")
+    mh, payload = model_part(data)
+    streams = v4.split_streams(mh, payload)
+    f = files.parse(data)
+    (i,) = [k for k, e in enumerate(f.header.parts) if e.method == "model"]
+    mp = fmt.ModelPart(
+        mh.model_name, mh.model_digest, mh.tile_h, mh.tile_w, mh.chunk_tiles,
+        v4.join_streams([s[:4] for s in streams]),
+    )
+    part = fmt.pack_model_part(mp)
+    parts = list(f.data)
+    parts[i] = part
+    crc = 0
+    for b in parts:
+        crc = zlib.crc32(b, crc)
+    entries = list(f.header.parts)
+    entries[i] = dataclasses.replace(entries[i], length=len(part))
+    header = dataclasses.replace(f.header, parts=tuple(entries), parts_crc32=crc)
+    bad = fmt.pack(fmt.File(header, tuple(parts)))
+
+    calls = []
+    real = codec.Decoder.decode
+    monkeypatch.setattr(codec.Decoder, "decode", lambda self, p: calls.append(1) or real(self, p))
+    api.decompress(data)  # the intact file decodes: every step of the schedule
+    steps = len(calls)
+    calls.clear()
+    with pytest.raises(FormatError, match="ends before its symbols"):
+        api.decompress(bad)
+    assert 0 < len(calls) < steps / 4, (len(calls), steps)
