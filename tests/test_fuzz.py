@@ -238,7 +238,11 @@ def test_a_stream_shorter_than_its_symbols_stops_the_decoder_early(
     f = files.parse(data)
     (i,) = [k for k, e in enumerate(f.header.parts) if e.method == "model"]
     mp = fmt.ModelPart(
-        mh.model_name, mh.model_digest, mh.tile_h, mh.tile_w, mh.chunk_tiles,
+        mh.model_name,
+        mh.model_digest,
+        mh.tile_h,
+        mh.tile_w,
+        mh.chunk_tiles,
         v4.join_streams([s[:4] for s in streams]),
     )
     part = fmt.pack_model_part(mp)
