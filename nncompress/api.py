@@ -18,9 +18,11 @@ one. Each image still gets its own file.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,7 +30,14 @@ from PIL import Image
 from . import container
 from .codec import SampleJob, TileGrid, run_schedule
 from .content import Content, read_content, to_pil
-from .errors import FormatError, IntegrityError, UnsupportedImageError
+from .errors import (
+    FormatError,
+    IntegrityError,
+    OutOfMemoryError,
+    UnsupportedImageError,
+    is_out_of_memory,
+    out_of_memory,
+)
 from .files import Decoded, Encoded, decode_files, encode_contents
 from .images import DEFAULT_MAX_PIXELS, Picture, as_image, to_picture
 from .modelfile import LoadedModel
@@ -72,6 +81,30 @@ __all__ = [
     "score",
     "score_detailed",
 ]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _memory_typed(doing: str) -> Callable[[_F], _F]:
+    """An allocator failure inside the entry point (torch's, on a GPU or the CPU; numpy's)
+    leaves it as nncompress.errors.OutOfMemoryError, not as torch's RuntimeError."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except OutOfMemoryError:
+                raise
+            except Exception as e:
+                if is_out_of_memory(e):
+                    raise out_of_memory(e, doing) from e
+                raise
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
 
 
 def _not_one_image(images: object) -> None:
@@ -131,6 +164,7 @@ def _factory(progress: bool | ProgressFactory | None) -> ProgressFactory | None:
     return _tqdm_factory if progress is True else (progress or None)
 
 
+@_memory_typed("encoding")
 def compress_detailed(
     images: Sequence[ImageInput],
     model: str | Path | LoadedModel | None = None,
@@ -201,8 +235,14 @@ def compress_many(
 ) -> list[bytes]:
     """Compress images (see ImageInput) to .nnc bytes (one file each)."""
     results = compress_detailed(
-        images, model, device, tile, progress=_factory(progress), max_pixels=max_pixels,
-        method=method, strip=strip,
+        images,
+        model,
+        device,
+        tile,
+        progress=_factory(progress),
+        max_pixels=max_pixels,
+        method=method,
+        strip=strip,
     )
     return [r.data for r in results]
 
@@ -224,6 +264,7 @@ def compress(
     return compress_many([one], model, device, tile, method=method)[0]
 
 
+@_memory_typed("decoding")
 def decompress_detailed(
     blobs: Sequence[bytes | str | Path],
     model: str | Path | LoadedModel | None = None,
@@ -334,6 +375,7 @@ def iter_scores(
         yield ScoreResult(total / pic.subpixels, bmap, pic.subpixels, lm.name, (th, tw))
 
 
+@_memory_typed("scoring")
 def score_detailed(
     images: Sequence[ImageInput],
     model: str | Path | LoadedModel | None = None,
@@ -356,6 +398,7 @@ def score(
     return [r.bits_per_subpixel for r in score_detailed(images, model, device, tile)]
 
 
+@_memory_typed("sampling")
 def sample(
     model: str | Path | LoadedModel,
     n: int,

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from .errors import NncError
+from .errors import NncError, is_out_of_memory, out_of_memory
 
 NNC_SUFFIX = ".nnc"
 STDIO = "-"
@@ -55,15 +55,6 @@ class _Fail(click.ClickException):
     exit_code = EXIT_USER_ERROR
 
 
-def _out_of_memory(e: Exception) -> bool:
-    """torch's allocator failing, on a GPU (OutOfMemoryError) or on the CPU."""
-    return (
-        isinstance(e, MemoryError)
-        or type(e).__name__ == "OutOfMemoryError"
-        or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
-    )
-
-
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our errors into one-line messages; hide tracebacks of internal errors too."""
 
@@ -83,14 +74,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as e:  # noqa: BLE001 — the promise is: never a traceback
-            if _out_of_memory(e) and not os.environ.get(DEBUG_ENV):
-                text = str(e).strip()
-                first = text.splitlines()[0][:120] if text else type(e).__name__
-                raise _Fail(
-                    f"out of memory ({first}): the tiles of all files given together share "
-                    "each batch; use a lower --max-batch (any batch size decodes any file) "
-                    "or fewer files per call"
-                ) from None
+            if is_out_of_memory(e) and not os.environ.get(DEBUG_ENV):
+                raise _Fail(str(out_of_memory(e, "coding"))) from None
             if os.environ.get(DEBUG_ENV):
                 raise
             click.echo(
@@ -523,8 +508,15 @@ def _encode_and_write(
 
     def run(items):
         return api.compress_detailed(
-            [c for *_, c in items], given, device, tile, max_batch, progress=factory,
-            max_pixels=None, verify=verify, method=method,
+            [c for *_, c in items],
+            given,
+            device,
+            tile,
+            max_batch,
+            progress=factory,
+            max_pixels=None,
+            verify=verify,
+            method=method,
         )
 
     try:
@@ -766,8 +758,11 @@ def decode(
     todo = []  # (src, dst, note, blob, header)
     for (src, blob, f), dst in zip(parsed, outs):
         note = ""
-        if named and _is_jpeg(f) and dst != STDIO and Path(dst).suffix.lower() not in (
-            ".jpg", ".jpeg"
+        if (
+            named
+            and _is_jpeg(f)
+            and dst != STDIO
+            and Path(dst).suffix.lower() not in (".jpg", ".jpeg")
         ):
             tally.fail(f"{src}: this file keeps a JPEG; name the output .jpg, not {dst}")
             continue

@@ -34,3 +34,33 @@ class ModelFileError(NncError):
 
 class UnsupportedImageError(NncError):
     """The image's mode, depth or size is not supported."""
+
+
+class OutOfMemoryError(NncError, MemoryError):
+    """The work needed more memory than the device or host could give (a MemoryError too,
+    so code that catches MemoryError keeps working). Raised for valid inputs only: every
+    file field is checked against its caps before anything is allocated (FORMAT.md)."""
+
+
+#: The advice given with an OutOfMemoryError (the same from the API and the CLI).
+MEMORY_ADVICE = (
+    "the tiles of all images given together share each batch; a lower max_batch "
+    "(--max-batch; any batch size codes any file) or fewer images per call need less"
+)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's or numpy's allocator failing, on a GPU (torch.OutOfMemoryError) or on the
+    CPU (MemoryError, or the RuntimeError torch's CPU allocator raises)."""
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    )
+
+
+def out_of_memory(e: BaseException, doing: str) -> OutOfMemoryError:
+    """The typed error for allocator failure ``e`` while ``doing`` ("decoding", ...)."""
+    text = str(e).strip()
+    first = text.splitlines()[0][:120] if text else type(e).__name__
+    return OutOfMemoryError(f"out of memory while {doing} ({first}): {MEMORY_ADVICE}")

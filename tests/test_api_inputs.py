@@ -224,3 +224,41 @@ def test_decompress_takes_bytes_and_paths_and_nothing_else(tmp_path, model_dir):
         api.decompress_many(data)
     with pytest.raises(FileNotFoundError):
         api.decompress(Path(tmp_path / "missing.nnc"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: 9e9 bytes."),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB."),
+    ],
+)
+@pytest.mark.parametrize("entry", ["compress", "decompress"])
+def test_running_out_of_memory_in_the_api_is_a_typed_error(model_dir, monkeypatch, error, entry):
+    from nncompress.errors import NncError, OutOfMemoryError
+
+    im = random_image("RGB", 8, 8, seed=4)
+    data = api.compress(im, model="hist-rgb", method="model")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(
+        "nncompress.api." + ("encode_contents" if entry == "compress" else "decode_files"), fail
+    )
+    with pytest.raises(OutOfMemoryError, match="out of memory while (en|de)coding") as got:
+        api.compress(im, model="hist-rgb") if entry == "compress" else api.decompress(data)
+    assert isinstance(got.value, NncError) and isinstance(got.value, MemoryError)
+    assert "max_batch" in str(got.value) and got.value.__cause__ is error
+
+
+def test_other_errors_inside_the_api_are_not_taken_for_memory(model_dir, monkeypatch):
+    data = api.compress(random_image("RGB", 8, 8, seed=4), model="hist-rgb", method="model")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr("nncompress.api.decode_files", fail)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        api.decompress(data)

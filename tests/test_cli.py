@@ -249,14 +249,14 @@ def test_max_batch_bounds_the_batch_and_the_file_still_decodes(tmp_path, model_d
 @pytest.mark.parametrize(
     "error, shown",
     [
-        (MemoryError(), "out of memory (MemoryError)"),
+        (MemoryError(), "out of memory while coding (MemoryError)"),
         (
             RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: 9e9 bytes."),
-            "out of memory ([enforce fail] DefaultCPUAllocator",
+            "out of memory while coding ([enforce fail] DefaultCPUAllocator",
         ),
         (
             torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB."),
-            "out of memory (CUDA out of memory. Tried to allocate 8.00 GiB.)",
+            "out of memory while coding (CUDA out of memory. Tried to allocate 8.00 GiB.)",
         ),
     ],
 )
