@@ -688,3 +688,31 @@ def test_quantize_makes_a_float_model_code(tmp_path, model_dir):
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "b.png").tobytes() == Image.open(src).tobytes()
     one_line_error(run("quantize", str(q)), "already an integer model")
+
+
+def test_info_check_tells_intact_from_damaged_files_without_decoding(
+    tmp_path, model_dir, monkeypatch
+):
+    src = png(tmp_path / "a.png")
+    good = tmp_path / "a.nnc"
+    assert run("encode", str(src), "-m", "hist-rgb", "--method", "model").exit_code == 0
+    data = bytearray(good.read_bytes())
+    data[-3] ^= 0x10  # inside the model part's coder stream
+    bad = tmp_path / "b.nnc"
+    bad.write_bytes(bytes(data))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("info --check decoded")
+
+    monkeypatch.setattr("nncompress.files.decode_files", no_decoding)
+    r = run("info", "--check", str(good))
+    assert (
+        r.exit_code == 0
+        and r.output.strip() == f"{good}: intact (header and parts match their CRC-32s)"
+    )
+    r = CliRunner().invoke(main, ["info", "--check", str(good), str(bad)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 3, r.output
+    assert lines[0].endswith("intact (header and parts match their CRC-32s)")
+    assert lines[1].startswith(f"{bad}: damaged: ") and "checksum" in lines[1]
+    assert "1 of 2 files damaged" in lines[2]
