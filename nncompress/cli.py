@@ -37,16 +37,23 @@ DECODED_TAG = ".decoded"
 MAX_FALLBACK_NAMES = 1000
 
 # Seconds per megapixel of coding (encoding or decoding: about the same) on a CPU with one
-# coding thread, measured on a shared 2-core AMD EPYC with benchmarks/decode_speed.py on a
-# 768x512 crop, 0.39 MP (README, Speed): pixelcnnpp-photo-small 21.9 s, pixelcnnpp-photo
-# 90.3 s. A model file may carry its own figure in its info under CPU_TIMING_INFO_KEY
-# (used first); other models are estimated from their parameter count: a cost per pixel
-# of the loop and the range coder (histogram-photo: ~3 s/MP) plus one per million
-# parameters (the line from there through pixelcnnpp-photo, 7.0 M parameters).
-CPU_SECONDS_PER_MEGAPIXEL = {"pixelcnnpp-photo-small": 56.0, "pixelcnnpp-photo": 230.0}
+# coding thread, measured on this project's shared 2-core AMD EPYC: the float models of 0.3
+# with benchmarks/decode_speed.py on a 768x512 crop (pixelcnnpp-photo-small 21.9 s,
+# pixelcnnpp-photo 90.3 s); the integer models (format 4 and later: what codes files) by
+# decode_speed.py on that crop (-small-int 33.7 s encode, 34.2 s decode) and on a 192x128
+# crop (-int: 326 s/MP encode, 273 s/MP decode). A model file may carry its own figure in
+# its info under CPU_TIMING_INFO_KEY (used first); other models are estimated from the
+# elements of their state dict (integer models: weights and tables): the line through
+# the two integer photo models (1.28 M and 7.34 M elements).
+CPU_SECONDS_PER_MEGAPIXEL = {
+    "pixelcnnpp-photo-small": 56.0,
+    "pixelcnnpp-photo": 230.0,
+    "pixelcnnpp-photo-small-int": 90.0,
+    "pixelcnnpp-photo-int": 300.0,
+}
 CPU_TIMING_INFO_KEY = "cpu_seconds_per_megapixel"
-CPU_SECONDS_PER_MEGAPIXEL_BASE = 3.0
-CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS = 32.0
+CPU_SECONDS_PER_MEGAPIXEL_BASE = 45.0
+CPU_SECONDS_PER_MEGAPIXEL_PER_MILLION_PARAMS = 35.0
 # A CPU run estimated to take longer than this first prints one line with the estimate.
 SLOW_CPU_RUN_SECONDS = 30.0
 

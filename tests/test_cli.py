@@ -601,9 +601,13 @@ def test_cpu_rate_constants_match_the_measurements():
     assert cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo"] * crop_mp == pytest.approx(
         90.3, rel=0.05
     )
-    # an unknown model of pixelcnnpp-photo's size lands near its measured rate
-    guess = cli.cpu_seconds_per_megapixel("mine", {}, 7_031_880)
-    assert guess == pytest.approx(cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo"], rel=0.1)
+    # the integer models (what codes files): 768x512 with -small-int took 33.7-34.2 s
+    assert cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo-small-int"] * crop_mp == pytest.approx(
+        34.0, rel=0.05
+    )
+    # an unknown model of pixelcnnpp-photo-int's size (state-dict elements) lands near it
+    guess = cli.cpu_seconds_per_megapixel("mine", {}, 7_337_194)
+    assert guess == pytest.approx(cli.CPU_SECONDS_PER_MEGAPIXEL["pixelcnnpp-photo-int"], rel=0.1)
     assert cli.cpu_seconds_per_megapixel("x", {"cpu_seconds_per_megapixel": 5}, 10**9) == 5
 
 
