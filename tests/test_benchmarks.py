@@ -211,22 +211,20 @@ RGB_TINY = {"a.png": ("RGB", 12, 10), "b.png": ("RGB", 9, 7)}
 def test_compare_codes_through_the_api(
     tmp_path: Path, histogram_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nncompress import api
 
     images = _write_images(tmp_path / "img", RGB_TINY)
     argv = [str(images), "--quick", "--codecs", "png", "--models", str(histogram_file)]
     argv += ["--device", "cpu", *ONE_THREAD]
-    # compare.py codes with the api's default (method auto): a uniform model never wins
-    # there, and the file is the smallest classical one.
-    assert compare.main([*argv, "--out", str(tmp_path / "auto")]) == 0
+    # --method auto: what a user gets; a uniform model never wins there, and the file is
+    # the smallest classical one.
+    assert compare.main([*argv, "--method", "auto", "--out", str(tmp_path / "auto")]) == 0
     auto = _rows(json.loads((tmp_path / "auto" / "results.json").read_text()))
     auto_row = auto["nnc:hist-uniform"]
     assert auto_row["status"] == "ok" and auto_row["lossless"] is True
     assert "model_names" not in auto_row and "payload_bits_per_subpixel" not in auto_row
     assert all(r["method"] != "model" for r in auto_row["per_image"])
-    # The model's own accounting: the model forced for every image.
-    real = api.compress_many
-    monkeypatch.setattr(api, "compress_many", lambda *a, **k: real(*a, method="model", **k))
+    assert auto_row["label"] == "nncompress hist-uniform (auto)"
+    # The default: the model's own accounting, the model forced for every image.
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     assert compare.main([*argv, "--out", str(out)]) == 0
