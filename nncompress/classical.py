@@ -17,6 +17,10 @@ libwebp and libpng), never re-implemented here:
     RGB under fully transparent alpha is preserved (imagecodecs' lossless encoder keeps it,
     measured); :func:`encode` nevertheless decodes an alpha-carrying result and refuses
     (ValueError) one that does not come back exact.
+    In a version-6 .nnc file a WebP part is the bare VP8L bitstream: :func:`webp_bare`
+    drops the 20 bytes of RIFF header and chunk header (and the pad byte) after checking
+    that :func:`webp_riff` rebuilds libwebp's file byte for byte from what is left; pass
+    ``bare_webp=True`` to :func:`best` and :func:`decode` for that form.
 ``png``
     PNG through libpng (imagecodecs), zlib level 9, adaptive filters, both the default and
     the ``FILTERED`` zlib strategy tried, the smaller kept. 8 and 16 bit. (Pillow with
@@ -122,6 +126,10 @@ _PNG_STRATEGIES = (imagecodecs.PNG.STRATEGY.DEFAULT, imagecodecs.PNG.STRATEGY.FI
 
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 _JPEG_SOI = b"\xff\xd8"
+#: A simple-format lossless WebP file: "RIFF", u32 size of the rest, "WEBP", then one
+#: chunk "VP8L", u32 length n, n bytes of bitstream, a zero pad byte if n is odd.
+_RIFF, _WEBP, _VP8L = b"RIFF", b"WEBP", b"VP8L"
+_WEBP_HEADER = 20  # RIFF header (12) + chunk header (8)
 
 
 def _threads() -> int:
@@ -243,6 +251,31 @@ def _encode_webp(arr: np.ndarray, effort: str) -> bytes:
     return data
 
 
+def webp_riff(bitstream: bytes) -> bytes:
+    """The WebP file that holds a VP8L ``bitstream``, laid out as libwebp writes a lossless
+    image: RIFF header, one VP8L chunk, a zero pad byte when the bitstream's length is odd
+    (RIFF chunks are padded to even lengths)."""
+    n = len(bitstream)
+    pad = b"\x00" if n % 2 else b""
+    riff_size = len(_WEBP) + 8 + n + len(pad)
+    return b"".join(
+        (_RIFF, riff_size.to_bytes(4, "little"), _WEBP, _VP8L, n.to_bytes(4, "little"),
+         bytes(bitstream), pad)
+    )  # fmt: skip
+
+
+def webp_bare(data: bytes) -> bytes:
+    """The VP8L bitstream of a lossless WebP file, without the 20 bytes of RIFF and chunk
+    header (and the pad byte) that :func:`webp_riff` rebuilds. ValueError unless that
+    rebuilds ``data`` byte for byte (any other layout: VP8X, more chunks, a non-zero pad)."""
+    data = bytes(data)
+    n = int.from_bytes(data[16:20], "little") if len(data) >= _WEBP_HEADER else -1
+    bitstream = data[_WEBP_HEADER : _WEBP_HEADER + n] if n >= 0 else b""
+    if n < 0 or webp_riff(bitstream) != data:
+        raise ValueError("not a simple-format lossless WebP file (one VP8L chunk)")
+    return bitstream
+
+
 def _encode_png(arr: np.ndarray, effort: str) -> bytes:
     del effort  # the same at every effort
     src = _planes(arr)
@@ -335,8 +368,11 @@ _DECODERS: dict[str, Callable[[bytes, tuple[int, int, int], np.dtype], np.ndarra
 }
 
 
-def decode(method: str, data: bytes, shape: tuple[int, int, int], dtype) -> np.ndarray:
-    """The exact (H, W, C) array (native byte order) that :func:`encode` coded into ``data``.
+def decode(
+    method: str, data: bytes, shape: tuple[int, int, int], dtype, bare_webp: bool = False
+) -> np.ndarray:
+    """The exact (H, W, C) array (native byte order) that :func:`encode` coded into ``data``
+    (``bare_webp``: WebP data is the bitstream of :func:`webp_bare`).
 
     FormatError, never another exception, if the data is malformed or does not decode to
     exactly this shape, dtype and channel count, or if method, shape or dtype (which come
@@ -354,6 +390,8 @@ def decode(method: str, data: bytes, shape: tuple[int, int, int], dtype) -> np.n
         raise FormatError(f"invalid pixel layout {shape!r} {dtype!r}")
     shape = layout
     dt = np.dtype(dtype).newbyteorder("=")
+    if bare_webp and method == "webp":
+        data = webp_riff(data)
     try:
         arr = _DECODERS[method](bytes(data), shape, dt)
     except FormatError:
@@ -367,9 +405,11 @@ def decode(method: str, data: bytes, shape: tuple[int, int, int], dtype) -> np.n
     return arr
 
 
-def _candidates(pixels: np.ndarray, methods: Sequence[str], effort: str) -> list[tuple[str, bytes]]:
+def _candidates(
+    pixels: np.ndarray, methods: Sequence[str], effort: str, bare_webp: bool = False
+) -> list[tuple[str, bytes]]:
     """(method, data) for each method of ``methods`` (in METHODS order) whose output comes
-    back exact."""
+    back exact (``bare_webp``: WebP as its bare bitstream)."""
     arr = _as_pixels(pixels)
     for method in methods:
         _known(method)
@@ -384,22 +424,32 @@ def _candidates(pixels: np.ndarray, methods: Sequence[str], effort: str) -> list
             back = decode(method, data, arr.shape, arr.dtype)
         except (ValueError, FormatError):
             continue
-        if np.array_equal(back, arr):
-            found.append((method, data))
+        if not np.array_equal(back, arr):
+            continue
+        if bare_webp and method == "webp":
+            try:
+                data = webp_bare(data)
+            except ValueError:
+                continue
+        found.append((method, data))
     return found
 
 
 def best(
-    pixels: np.ndarray, methods: Sequence[str] = METHODS, effort: str = "default"
+    pixels: np.ndarray,
+    methods: Sequence[str] = METHODS,
+    effort: str = "default",
+    bare_webp: bool = False,
 ) -> tuple[str, bytes]:
-    """(method, data): the smallest verified encoding of ``pixels`` among ``methods``.
+    """(method, data): the smallest verified encoding of ``pixels`` among ``methods``
+    (``bare_webp``: WebP data as its bare bitstream, and compared at that size).
 
     Every applicable method encodes, its output is decoded and compared with ``pixels``;
     one that does not come back exact is dropped. Ties go to the earlier method of
     :data:`METHODS`. When no method of ``methods`` qualifies, 'store' (always exact) is
     used, so this never fails on a valid array (ValueError on an invalid one).
     """
-    found = _candidates(pixels, methods, effort)
+    found = _candidates(pixels, methods, effort, bare_webp)
     if not found:
         return "store", encode("store", pixels)
     return min(found, key=lambda item: len(item[1]))  # min keeps the first of equal sizes
