@@ -7,8 +7,9 @@ line, before any coding) what it cannot: CMYK, float or 32-bit samples, frames o
 sizes, 12-bit JPEGs, metadata it does not know (unless ``strip``). Bit depth comes from the
 file's own header, not from what Pillow hands back (Pillow reads a 16-bit RGB PNG as 8-bit
 RGB): 16-bit PNGs are read with imagecodecs (libpng), 16-bit greyscale through Pillow's
-I;16 modes. Palette images become RGB (RGBA if the palette has transparency), bilevel ones
-L: the same colours, written back as truecolour / greyscale PNG.
+I;16 modes. Palette images keep their indices and palette (mode "P", the transparency folded
+into RGBA palette entries), animated ones too where one palette of at most 256 entries holds
+every frame's colours (see ``_palette_frames``); bilevel images keep mode "1".
 """
 
 from __future__ import annotations
@@ -291,8 +292,10 @@ def _palette(image: Image.Image) -> tuple[np.ndarray, bytes]:
 
 
 def _animation(image: Image.Image, n: int, strip: bool, lost: list[str] | None) -> Content:
-    """Every frame as Pillow composes it (full frames), in one mode: RGBA if any frame has
-    transparency, else the widest of the frames' modes."""
+    """Every frame as Pillow composes it (full frames). A palette animation (Pillow's first
+    frame is "P") stays "P" where ``_palette_frames`` finds one palette for all frames;
+    otherwise every frame in one mode: RGBA if any frame has transparency, else the widest
+    of the frames' modes."""
     from .container.file import MAX_FRAMES
 
     if n > MAX_FRAMES:
@@ -300,24 +303,86 @@ def _animation(image: Image.Image, n: int, strip: bool, lost: list[str] | None) 
     check_pixel_count(image.width, image.height * n, DEFAULT_MAX_PIXELS * 4, "frames")
     metadata, _ = _metadata(image, strip, lost)
     frames, modes, durations = [], [], []
+    indexed = _PaletteFrames() if image.mode == "P" else None
     for frame in ImageSequence.Iterator(image):
         mode = _frame_mode(frame)
         if mode == "L;16":
             raise UnsupportedImageError("16-bit animations are not supported")
+        if frame.size != image.size:
+            raise UnsupportedImageError("frames of different sizes are not supported")
         modes.append(mode)
         frames.append(frame.copy())
         durations.append(int(round(frame.info.get("duration", 0) or 0)))
-        if frame.size != image.size:
-            raise UnsupportedImageError("frames of different sizes are not supported")
+        if indexed is not None and not indexed.add(frame):
+            indexed = None
+    loop = image.info.get("loop")
+    timing = tuple(max(0, d) for d in durations), int(loop) if isinstance(loop, int) else 1
+    if indexed is not None:
+        return Content("P", 8, tuple(indexed.frames), *timing, metadata,
+                       palette=indexed.palette())  # fmt: skip
     alpha = any(m.endswith("A") for m in modes)
     colour = any(m.startswith("RGB") for m in modes)
     mode = ("RGB" if colour else "L") + ("A" if alpha else "")
     arrays = [_samples(f, mode)[0] for f in frames]
-    loop = image.info.get("loop")
-    return Content(
-        mode, 8, tuple(arrays), tuple(max(0, d) for d in durations),
-        int(loop) if isinstance(loop, int) else 1, metadata,
-    )
+    return Content(mode, 8, tuple(arrays), *timing, metadata)
+
+
+class _PaletteFrames:
+    """The frames of a palette animation as index planes into one palette.
+
+    The palette is the first frame's (its transparency folded into RGBA entries); a frame
+    that Pillow gives as "P" with that same palette keeps its indices, any other (a GIF's
+    later frames come composed as RGB / RGBA) is mapped colour by colour (RGBA, as
+    ``convert("RGBA")`` shows it) to the first entry of that colour, and colours the palette
+    lacks are appended to it. ``add`` says False when that cannot be exact: more than
+    MAX_PALETTE colours in all, or a "P" frame whose indices lie beyond its palette; the
+    caller then stores RGB(A) frames instead."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.entries: list[int] = []  # RGBA entries, as native uint32 values
+        self.first: dict[int, int] = {}  # entry value -> its first index
+        self.base: bytes | None = None
+
+    def add(self, frame: Image.Image) -> bool:
+        from .container.file import MAX_PALETTE
+
+        rgba = np.ascontiguousarray(np.asarray(frame.convert("RGBA"), dtype=np.uint8))
+        if frame.mode == "P":
+            try:
+                idx, palette = _palette(frame)
+            except UnsupportedImageError:
+                return False
+            table = np.frombuffer(palette, np.uint8).reshape(-1, 4)
+            if not np.array_equal(table[idx[:, :, 0]], rgba):
+                return False  # Pillow shows these pixels otherwise
+            if self.base is None:
+                self.base = palette
+                self.entries = np.frombuffer(palette, np.uint32).tolist()
+                for i, e in enumerate(self.entries):
+                    self.first.setdefault(e, i)
+            if palette == self.base:
+                self.frames.append(idx)
+                return True
+        if self.base is None:
+            return False
+        values, inverse = np.unique(rgba.view(np.uint32).reshape(-1), return_inverse=True)
+        if len(values) > MAX_PALETTE:
+            return False
+        lut = np.empty(len(values), np.uint8)
+        for j, v in enumerate(values.tolist()):
+            i = self.first.get(v)
+            if i is None:
+                if len(self.entries) >= MAX_PALETTE:
+                    return False
+                i = self.first[v] = len(self.entries)
+                self.entries.append(v)
+            lut[j] = i
+        self.frames.append(np.ascontiguousarray(lut[inverse].reshape(rgba.shape[0], -1, 1)))
+        return True
+
+    def palette(self) -> bytes:
+        return np.array(self.entries, np.uint32).view(np.uint8).tobytes()
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -335,7 +400,12 @@ def to_png(content: Content, level: int | None = None) -> bytes:
     images = [_pil_frame(f, content.mode, content.bit_depth) for f in content.frames]
     buf = io.BytesIO()
     if content.mode == "P":
-        images[0], alpha = _with_palette(images[0], content.palette)
+        # Every frame carries the palette and its alphas: the APNG writer compares frames
+        # as RGBA (an APNG has one PLTE and tRNS, the first frame's).
+        for k, im in enumerate(images):
+            images[k], alpha = _with_palette(im, content.palette)
+            if alpha is not None:
+                images[k].info["transparency"] = alpha
         if alpha is not None:
             options = {**options, "transparency": alpha}
     if len(images) == 1:

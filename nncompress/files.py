@@ -14,6 +14,17 @@ Encoding an image (``encode_contents``):
 3. A JPEG input is kept as that JPEG file, recompressed by JPEG-XL's lossless JPEG
    transcoding (about 20% smaller than the JPEG; decoding gives back the identical file),
    unless another method is asked for or ``strip`` is set.
+4. A palette frame's indices are coded by the classical codecs, and so is its expansion
+   (the palette's RGB or RGBA colours at every pixel, "expanded" planes) where the
+   palette's colours are distinct, so that the decoder can map each pixel back to its
+   index: the codecs' predictors work on colours, not on index values (the corpus's
+   480x320 palette photo: JPEG-XL of the expansion 0.1% below that of the indices; a photo
+   crop whose palette is in random order: 12% below). The smaller is kept. The palette
+   part itself is coded by the smallest classical codec too (a photo's 256 entries: 459
+   bytes instead of 1024 raw).
+
+WebP parts are stored as the bare VP8L bitstream (classical.webp_bare: 20 bytes less than
+libwebp's file; all sizes above are compared at that size).
 
 The rule in one line: the smallest verified candidate, where the model is tried only when
 its score says it can win (on a GPU the model codes every 8-bit frame instead: see
@@ -113,6 +124,7 @@ class _Frame:
     """One frame's candidates while encoding."""
 
     classical: tuple[str, bytes] | None = None  # all planes
+    expanded: tuple[str, bytes] | None = None  # a palette frame's colours (mode "P")
     alpha: tuple[str, bytes] | None = None  # the alpha plane, for the model candidate
     model_predicted: float | None = None  # bytes
     model: bytes | None = None
@@ -183,11 +195,11 @@ def encode_contents(
             continue
         for k, (f, fr) in enumerate(zip(c.frames, plan)):
             if c.has_alpha:
-                fr.alpha = classical.best(np.ascontiguousarray(f[:, :, -1:]))
+                fr.alpha = _best(np.ascontiguousarray(f[:, :, -1:]))
             if method == "auto" and score_first(dev):
                 require_integer(lm)
                 planes = _colour(f, c.has_alpha)
-                quick = classical.best(f, ("jxl",), effort="standard")
+                quick = _best(f, ("jxl",), effort="standard")
                 if _sampled_loses(lm, planes, dev, tile, len(quick[1]) - _alpha_bytes(fr)):
                     fr.classical = _classical(f, "auto")
                     continue
@@ -215,6 +227,10 @@ def encode_contents(
                     fr.classical = _after_model(f, len(fr.model) + _alpha_bytes(fr))
                 elif fr.classical is None:
                     fr.classical = _classical(f, "auto")
+        table = _expansion_table(c.palette) if c.mode == "P" else None
+        if table is not None and not isinstance(plan, bytes):
+            for f, fr in zip(c.frames, plan):
+                fr.expanded = _expanded(np.ascontiguousarray(table[f[:, :, 0]]), method)
     return [
         _assemble(c, plan, models.get(c.colour_channels), dev)
         for c, plan in zip(contents, plans)
@@ -251,7 +267,7 @@ def _after_model(
     """The classical candidate, given the model's (predicted or coded) size: JPEG-XL at
     effort 7 alone where the model beats it clearly, else the best of all."""
     if quick is None:
-        quick = classical.best(frame, ("jxl",), effort="standard")
+        quick = _best(frame, ("jxl",), effort="standard")
     if model_bytes < CLEAR_WIN * len(quick[1]):
         return quick
     return _classical(frame, "auto")
@@ -261,15 +277,96 @@ def _alpha_bytes(fr: _Frame) -> int:
     return len(fr.alpha[1]) if fr.alpha is not None else 0
 
 
+def _best(frame: np.ndarray, methods=classical.METHODS, effort: str = "default"):
+    """classical.best with WebP as the bare bitstream a version-6 part holds."""
+    return classical.best(frame, methods, effort, bare_webp=True)
+
+
 def _classical(frame: np.ndarray, method: str) -> tuple[str, bytes]:
     if method == "auto":
-        return classical.best(frame)
+        return _best(frame)
     if not classical.can_code(method, frame.shape, frame.dtype):
         raise UnsupportedImageError(
             f"{method} cannot code this image exactly ({frame.shape[2]} channels, "
             f"{frame.dtype.itemsize * 8}-bit)"
         )
-    return method, classical.encode(method, frame)
+    data = classical.encode(method, frame)
+    return method, classical.webp_bare(data) if method == "webp" else data
+
+
+def _expansion_table(palette: bytes) -> np.ndarray | None:
+    """The colours of a palette's entries, (n, C) uint8 (C = fmt.expansion_channels), or
+    None where two entries have the same colour: then an expanded pixel could not be
+    mapped back to its index."""
+    c = fmt.expansion_channels(palette)
+    table = np.frombuffer(palette, np.uint8).reshape(-1, 4)[:, :c]
+    if len(np.unique(table, axis=0)) != len(table):
+        return None
+    return table
+
+
+def _expanded(colours: np.ndarray, method: str) -> tuple[str, bytes] | None:
+    """A palette frame's expansion (H, W, C) coded by ``method`` ("auto": the best
+    classical codec); None where that method cannot code it."""
+    if method == "auto":
+        return _best(colours)
+    if method not in classical.METHODS or not classical.can_code(
+        method, colours.shape, colours.dtype
+    ):
+        return None
+    return _classical(colours, method)
+
+
+#: A version-6 palette part's second byte: the method code in the low bits, this bit set
+#: for RGBA entries (else RGB, every alpha 255).
+_PALETTE_RGBA = 0x10
+_PALETTE_METHODS = ("jxl", "webp", "png", "store")
+
+
+def _pack_palette(palette: bytes) -> bytes:
+    """A version-6 palette part: u8 entries - 1, u8 coding, then the entries as a 1 x n
+    image (RGB, or RGBA where an alpha is below 255) coded by the smallest classical codec
+    (a photo's 256-colour palette: JPEG-XL 457 bytes against 768 raw)."""
+    n = len(palette) // 4
+    c = fmt.expansion_channels(palette)
+    entries = np.ascontiguousarray(np.frombuffer(palette, np.uint8).reshape(1, n, 4)[:, :, :c])
+    method, data = _best(entries, _PALETTE_METHODS)
+    coding = fmt.METHOD_CODES[method] | (_PALETTE_RGBA if c == 4 else 0)
+    return bytes((n - 1, coding)) + data
+
+
+def _unpack_palette(part: bytes) -> bytes:
+    """The RGBA entries of a version-6 palette part; FormatError if malformed."""
+    if len(part) < 3:
+        raise FormatError("truncated palette part")
+    n, coding = part[0] + 1, part[1]
+    method = next((m for m in _PALETTE_METHODS if fmt.METHOD_CODES[m] == coding & 0x0F), None)
+    if method is None or coding & ~(0x0F | _PALETTE_RGBA):
+        raise FormatError(f"bad palette coding {coding:#x}")
+    c = 4 if coding & _PALETTE_RGBA else 3
+    entries = classical.decode(method, part[2:], (1, n, c), np.uint8, bare_webp=True)[0]
+    if c == 3:
+        entries = np.concatenate([entries, np.full((n, 1), 255, np.uint8)], axis=1)
+    elif (entries[:, 3] == 255).all():
+        raise FormatError("an RGBA palette part whose entries are all opaque")
+    return np.ascontiguousarray(entries).tobytes()
+
+
+def _unexpand(colours: np.ndarray, palette: bytes) -> np.ndarray:
+    """Expanded planes (H, W, C) back to palette indices (H, W, 1); FormatError for a
+    palette with repeated colours (no encoder writes that) or a colour it lacks."""
+    table = _expansion_table(palette)
+    if table is None:
+        raise FormatError("expanded planes with a palette whose colours repeat")
+    shift = np.array([0, 8, 16, 24][: table.shape[1]], np.uint32)
+    keys = (table.astype(np.uint32) << shift).sum(axis=1, dtype=np.uint32)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    px = (colours.astype(np.uint32) << shift).sum(axis=2, dtype=np.uint32)
+    at = np.minimum(np.searchsorted(sorted_keys, px), len(keys) - 1)
+    if not np.array_equal(sorted_keys[at], px):
+        raise FormatError("expanded planes hold colours that are not in the palette")
+    return np.ascontiguousarray(order[at].astype(np.uint8)[:, :, None])
 
 
 def _jpeg_candidate(c: Content, method: str) -> bytes | None:
@@ -281,17 +378,17 @@ def _jpeg_candidate(c: Content, method: str) -> bytes | None:
 
 def _assemble(c: Content, plan, lm: LoadedModel | None, dev: torch.device) -> Encoded:
     label = _encoder_label(dev)
-    if isinstance(plan, bytes):  # the JPEG file itself
+    if isinstance(plan, bytes):  # the JPEG file itself (its metadata inside)
         crc = fmt.content_crc32(c.mode, 8, c.width, c.height, [c.jpeg])
         f = fmt.build_header(
-            c.mode, 8, c.width, c.height, crc, [("jpeg", "all", 0, plan)], encoder=label
+            c.mode, 8, c.width, c.height, crc, [("jpeg", "all", plan)], encoder=label
         )
         data = fmt.pack(f)
         return Encoded(
             data, f.header, c.samples, "jpeg", None, None, 0, {"jpeg": len(plan)},
             c.source_bytes, c.source_format,
         )
-    parts: list[tuple[str, str, int, bytes]] = []
+    parts: list[tuple[str, str, bytes]] = []
     info_bits, model_samples, used_model = 0.0, 0, False
     candidates: dict[str, int] = {}
     for k, fr in enumerate(plan):
@@ -300,27 +397,29 @@ def _assemble(c: Content, plan, lm: LoadedModel | None, dev: torch.device) -> En
         if k == 0:
             if whole is not None:
                 candidates[whole[0]] = len(whole[1])
+            if fr.expanded is not None:
+                candidates[f"{fr.expanded[0]} (expanded)"] = len(fr.expanded[1])
             if model_total is not None:
                 candidates["model"] = model_total
             elif fr.model_predicted is not None:
                 candidates["model (predicted)"] = int(fr.model_predicted)
         if model_total is not None and (whole is None or model_total < len(whole[1])):
             if c.has_alpha:
-                parts += [("model", "colour", k, fr.model), (fr.alpha[0], "alpha", k, fr.alpha[1])]
+                parts += [("model", "colour", fr.model), (fr.alpha[0], "alpha", fr.alpha[1])]
             else:
-                parts.append(("model", "all", k, fr.model))
+                parts.append(("model", "all", fr.model))
             info_bits += fr.model_bits
             model_samples += c.width * c.height * c.colour_channels
             used_model = True
+        elif fr.expanded is not None and len(fr.expanded[1]) < len(whole[1]):
+            parts.append((fr.expanded[0], "expanded", fr.expanded[1]))
         else:
-            parts.append((whole[0], "all", k, whole[1]))
+            parts.append((whole[0], "all", whole[1]))
     if c.mode == "P":
-        parts.append(("palette", "none", 0, c.palette))
+        parts.append(("palette", "none", _pack_palette(c.palette)))
     if c.metadata:
-        parts.append(("meta", "none", 0, meta.encode(c.metadata)))
-    crc = fmt.content_crc32(
-        c.mode, c.bit_depth, c.width, c.height, c.frame_bytes(), c.palette or b""
-    )
+        parts.append(("meta", "none", meta.encode(c.metadata)))
+    crc = _content_crc(c)
     # The encoder label (informational) only where the model coded: classical files of
     # small images pay for every header byte.
     f = fmt.build_header(
@@ -342,6 +441,16 @@ def _assemble(c: Content, plan, lm: LoadedModel | None, dev: torch.device) -> En
     )
 
 
+def _content_crc(c: Content, version: int = fmt.VERSION) -> int:
+    """The content check of a (non-JPEG) content: samples, palette, timing, metadata."""
+    items = [(meta.KINDS.index(it.kind) + 1, it.key.encode("utf-8"), it.value)
+             for it in c.metadata]  # fmt: skip
+    return fmt.content_crc32(
+        c.mode, c.bit_depth, c.width, c.height, c.frame_bytes(), c.palette or b"",
+        c.durations, c.loop, items, version,
+    )
+
+
 # --- decoding -----------------------------------------------------------------------------
 
 
@@ -359,13 +468,13 @@ class Decoded:
 
 
 def parse(blob: bytes) -> fmt.File:
-    """A validated version-5 file; a version-4 file (one model part, opaque alpha not
-    coded) is read as the version-5 file it stands for."""
+    """A validated version-6 or -5 file; a version-4 file (one model part, opaque alpha not
+    coded) is read as the file it stands for."""
     version = fmt.version_of(blob)
     if version == 4:
         return _from_v4(blob)
-    if version != fmt.VERSION:
-        container.read_header(blob)  # raises the versioned message for other versions
+    if version < 4:
+        container.read_header(blob)  # raises the message that says what wrote such files
     return fmt.unpack(blob)
 
 
@@ -379,6 +488,8 @@ def _from_v4(blob: bytes) -> _V4File:
 
 class _V4File:
     """A format-4 file seen as one model part (its LA / RGBA alpha is opaque, not coded)."""
+
+    version = 4
 
     def __init__(self, h: container.Header, part: bytes) -> None:
         self.v4, self.part = h, part
@@ -451,34 +562,44 @@ def _finish(f, i: int, model_planes: dict, name: str | None) -> Decoded:
     dtype = np.uint16 if h.bit_depth == 16 else np.uint8
     ch = h.channels
     alpha = h.mode in ("LA", "RGBA")
+    bare_webp = f.version >= 6  # version 5's WebP parts are whole RIFF files
     frames: list[np.ndarray] = [np.zeros((h.height, h.width, ch), dtype) for _ in range(h.frames)]
     items: tuple[meta.Item, ...] = ()
     palette = None
-    for k, (entry, data) in enumerate(f.parts()):
-        frame = frames[entry.frame] if entry.planes != "none" else None
+    for entry, data in f.parts():  # first the parts that others need
         if entry.method == "meta":
             items = tuple(meta.decode(data))
-        elif entry.method == "palette":
+        elif entry.method == "palette" and f.version >= 6:
+            palette = _unpack_palette(data)
+        elif entry.method == "palette":  # version 5: the RGBA entries themselves
+            if len(data) % 4 or not 4 <= len(data) <= 4 * fmt.MAX_PALETTE:
+                raise FormatError("bad palette part (1..256 RGBA entries)")
             palette = data
-        elif entry.method == "model":
+    for k, (entry, data) in enumerate(f.parts()):
+        if entry.planes == "none":
+            continue
+        frame = frames[entry.frame]
+        if entry.method == "model":
             frame[:, :, : ch - (1 if alpha else 0)] = model_planes[(i, k)].transpose(1, 2, 0)
+            continue
+        if entry.planes == "expanded":
+            shape = (h.height, h.width, fmt.expansion_channels(palette))
+            colours = classical.decode(entry.method, data, shape, dtype, bare_webp)
+            frame[:, :, :] = _unexpand(colours, palette)
+            continue
+        if entry.planes == "alpha":
+            shape, target = (h.height, h.width, 1), slice(ch - 1, ch)
+        elif entry.planes == "colour":
+            shape, target = (h.height, h.width, ch - 1), slice(0, ch - 1)
         else:
-            if entry.planes == "alpha":
-                shape, target = (h.height, h.width, 1), slice(ch - 1, ch)
-            elif entry.planes == "colour":
-                shape, target = (h.height, h.width, ch - 1), slice(0, ch - 1)
-            else:
-                shape, target = (h.height, h.width, ch), slice(0, ch)
-            frame[:, :, target] = classical.decode(entry.method, data, shape, dtype)
+            shape, target = (h.height, h.width, ch), slice(0, ch)
+        frame[:, :, target] = classical.decode(entry.method, data, shape, dtype, bare_webp)
     content = Content(
         h.mode, h.bit_depth, tuple(frames), h.durations, h.loop, items, palette=palette
     )
-    crc = fmt.content_crc32(
-        h.mode, h.bit_depth, h.width, h.height, content.frame_bytes(), palette or b""
-    )
-    if crc != h.content_crc32:
+    if _content_crc(content, f.version) != h.content_crc32:
         raise IntegrityError(_crc_message(name))
-    if h.mode == "P" and int(frames[0].max()) >= len(palette) // 4:
+    if h.mode == "P" and any(int(x.max()) >= len(palette) // 4 for x in frames):
         raise FormatError("palette indices beyond the palette")
     return Decoded(h, content)
 
@@ -495,11 +616,13 @@ def _finish_v4(f: _V4File, i: int, model_planes: dict, name: str | None) -> Deco
 
 
 def _crc_message(name: str | None) -> str:
-    """The payload's own checksum matched, so the decoding computation differed: a bug."""
+    """The parts' own checksum matched, so the decoding computation differed (a bug), or
+    parts were changed and their checksum recomputed (a crafted file)."""
     what = f"{name}: " if name else ""
     return (
-        f"{what}decoded pixels do not match the stored checksum although the payload is "
-        "intact: this is a bug in nncompress, please report it with the file"
+        f"{what}the decoded image (pixels, palette, timing or metadata) does not match the "
+        "stored content checksum although the parts' checksum matches: a bug in nncompress "
+        "(please report it with the file) or a file altered on purpose"
     )
 
 
@@ -507,7 +630,7 @@ def describe(f: fmt.File, items: Sequence[meta.Item] | None = None) -> dict[str,
     """Fields for ``nncompress info``."""
     h = f.header
     out: dict[str, object] = {
-        "format_version": fmt.VERSION,
+        "format_version": f.version,
         "method": h.method_summary(),
         "mode": h.mode,
         "bit_depth": h.bit_depth,

@@ -168,7 +168,7 @@ def test_info_and_models(tmp_path, model_dir):
     assert r.exit_code == 0 and "hist-rgb" in r.output and "21" in r.output
     r = run("info", "--json", str(tmp_path / "a.nnc"))
     (d,) = json.loads(r.output)
-    assert (d["format_version"], d["method"], d["mode"], d["bit_depth"]) == (5, "model", "RGB", 8)
+    assert (d["format_version"], d["method"], d["mode"], d["bit_depth"]) == (6, "model", "RGB", 8)
     assert (d["width"], d["height"], d["frames"], d["model_name"]) == (21, 13, 1, "hist-rgb")
     assert len(d["model_digest"]) == 64 and d["tile"] == "13x16" and d["metadata"] == []
     assert d["parts"][0].startswith("model all frame 0:") and d["encoder"]
