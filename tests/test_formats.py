@@ -1,4 +1,4 @@
-"""Format 5 end to end: what an image file holds comes back exactly.
+"""The .nnc format end to end: what an image file holds comes back exactly.
 
 Round trips of 16-bit, RGBA with transparency, LA, multi-frame and metadata-carrying images
 through the CLI, checked with readers independent of nncompress's own (libpng through
@@ -617,12 +617,11 @@ def test_fuzz_truncations_and_flips(model_dir: Path, tmp_path: Path, kind: str) 
         flipped = bytearray(blob)
         flipped[pos] ^= int(rng.integers(1, 256))
         record(bytes(flipped), f"byte {pos} changed")
-    # Inside the pixel parts, with the CRCs made to match again: the codecs' own checks
-    # and the content CRC must catch it. (Not the metadata part: the content CRC covers the
-    # samples only, so there the parts CRC is the one guard; a forged metadata part with
-    # the CRCs redone decodes to the forged items.)
+    # Inside any part, with the CRCs made to match again: the codecs' own checks, the
+    # metadata layout's and the content CRC (format 6: over the metadata items too) must
+    # catch it.
     f = files.parse(blob)
-    pixel = [k for k, e in enumerate(f.header.parts) if e.method != "meta" and e.length]
+    pixel = [k for k, e in enumerate(f.header.parts) if e.length]
     for _ in range(60):
         k = pixel[int(rng.integers(len(pixel)))]
         pos = int(rng.integers(len(f.data[k])))
