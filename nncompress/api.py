@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from . import container
+from . import container, multidevice
 from .codec import SampleJob, TileGrid, run_schedule
 from .content import Content, read_content, to_pil
 from .errors import (
@@ -186,6 +186,18 @@ def compress_detailed(
     ``verify``: decode every file just written and compare (IntegrityError if it differs).
     ``strip``: leave the metadata out."""
     contents = _contents(images, max_pixels, strip)
+    if multidevice.is_multi(device):
+        return multidevice.run(
+            device,
+            contents,
+            [c.samples for c in contents],
+            "encode",
+            model,
+            tile=tile,
+            max_batch=max_batch,
+            verify=verify,
+            method=method,
+        )
     dev = resolve_device(device)
     given = load_model(model) if model is not None else None
     results = encode_contents(contents, given, dev, tile, max_batch, progress, method)
@@ -281,9 +293,28 @@ def decompress_detailed(
     claiming more than ``max_pixels`` pixels (all frames; None: no limit but the format's)
     raises UnsupportedImageError before anything is decoded. ``names``: for messages."""
     parsed = _blob_list(blobs)
+    if multidevice.is_multi(device):
+        from .files import parse
+
+        weights = [_claimed_samples(parse(b)) for b in parsed]
+        return multidevice.run(
+            device,
+            parsed,
+            weights,
+            "decode",
+            model,
+            max_pixels=max_pixels,
+            max_batch=max_batch,
+            names=names,
+        )
     given = load_model(model) if model is not None else None
     dev = resolve_device(device)
     return decode_files(parsed, given, dev, max_batch, _factory(progress), max_pixels, names)
+
+
+def _claimed_samples(f: Any) -> int:
+    h = f.header
+    return h.width * h.height * max(1, getattr(h, "frames", 1))
 
 
 def decompress_many(

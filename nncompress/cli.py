@@ -354,13 +354,34 @@ _model_option = click.option(
     metavar="NAME|PATH",
     help="Model name (see `nncompress models`) or model file; default: by image mode.",
 )
+
+
+def _device_spec(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in ("auto", "cpu", "cuda"):
+        return value
+    if ":" in value:
+        from .multidevice import workers
+
+        try:
+            workers(value)
+        except NncError as e:
+            raise click.BadParameter(str(e)) from None
+        return value
+    raise click.BadParameter(
+        f"{value!r}: use auto, cpu, cuda, cuda:all, cuda:0,1 (those GPUs) or cpu:N"
+    )
+
+
 _device_option = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
-    help="Where the model runs (auto: CUDA if there is one). Files decode on any device, "
-    "whatever device encoded them.",
+    metavar="auto|cpu|cuda|cuda:all|cuda:0,1|cpu:N",
+    callback=_device_spec,
+    help="Where the model runs (auto: CUDA if there is one). cuda:all / cuda:0,1 / cpu:N "
+    "split the images over one worker process per GPU / N CPU processes (the same files as "
+    "one device; worth it for folders). Files decode on any device, whatever device "
+    "encoded them.",
 )
 
 
@@ -507,10 +528,10 @@ def _encode_and_write(
     from . import api
     from .runtime import resolve_device
 
-    dev = resolve_device(device)
+    dev = resolve_device(device.partition(":")[0])
     given = api.load_model(model) if model else None
     if dev.type == "cpu" and not quiet and method in ("auto", "model"):
-        _warn_if_slow_encode([c for *_, c in todo], given, method)
+        _warn_if_slow_encode([c for *_, c in todo], given, method, _cpu_workers(device))
     factory = api._tqdm_factory if _progress(progress) else None
 
     def run(items):
@@ -577,7 +598,7 @@ def _write_reported(dst: str, data: bytes, force: bool, tally: _Tally) -> bool:
     return True
 
 
-def _warn_if_slow_encode(contents, given, method: str) -> None:
+def _warn_if_slow_encode(contents, given, method: str, workers: int = 1) -> None:
     """_warn_if_slow for the model's share of an encode on the CPU: the 8-bit frames it
     may code (with --method auto the model runs only where its score can win, so this
     is an upper bound of the coding time; the score pass itself is much cheaper)."""
@@ -600,7 +621,7 @@ def _warn_if_slow_encode(contents, given, method: str) -> None:
     hint = _gpu_hint()
     if method == "auto":
         hint = "if the model wins over the classical codecs; " + hint
-    _warn_if_slow(work, "encoding", hint)
+    _warn_if_slow(work, "encoding", hint, workers)
 
 
 def _model_params(info: dict[str, Any], count: Callable[[], int]) -> int:
@@ -667,10 +688,19 @@ def _gpu_hint() -> str:
     return "a CUDA GPU would be much faster (none found)"
 
 
-def _warn_if_slow(work: Sequence[tuple[str, float, int]], doing: str, hint: str) -> None:
+def _cpu_workers(device: str) -> int:
+    """Coding processes of a CPU device spec (cpu:N: N, at most the cores; else 1)."""
+    kind, _, n = device.partition(":")
+    return max(1, min(int(n), os.cpu_count() or 1)) if kind == "cpu" and n.isdigit() else 1
+
+
+def _warn_if_slow(
+    work: Sequence[tuple[str, float, int]], doing: str, hint: str, workers: int = 1
+) -> None:
     """One line on stderr when coding ``work`` ((model name, seconds per megapixel, pixels)
-    per image) on the CPU is estimated to take more than SLOW_CPU_RUN_SECONDS."""
-    seconds = sum(rate * n / 1e6 for _, rate, n in work)
+    per image) on the CPU is estimated to take more than SLOW_CPU_RUN_SECONDS (split over
+    ``workers`` processes, one core each)."""
+    seconds = sum(rate * n / 1e6 for _, rate, n in work) / workers
     if seconds <= SLOW_CPU_RUN_SECONDS:
         return
     names = list(dict.fromkeys(name for name, _, _ in work))
@@ -838,7 +868,7 @@ def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
     from .runtime import resolve_device
 
     try:
-        here = resolve_device(device).type
+        here = resolve_device(device.partition(":")[0]).type
     except NncError:
         return  # decoding reports it
     if here != "cpu":
@@ -856,7 +886,7 @@ def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
                 rates[name] = _loaded_rate(given) if given is not None else _named_rate(name)
             if rates[name] is not None:
                 work.append((name, rates[name], header.width * header.height))
-    _warn_if_slow(work, "decoding", _gpu_hint())
+    _warn_if_slow(work, "decoding", _gpu_hint(), _cpu_workers(device))
 
 
 @main.command()
