@@ -671,3 +671,47 @@ def test_torchrun_trains_with_two_processes_on_cpu(tmp_path: Path, photo_dir: Pa
     data = api.compress(image, model=lm, device="cpu", method="model")
     back = api.decompress(data, model=lm, device="cpu")
     assert np.array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_torchrun_checkpoints_resume_on_another_process_count(
+    tmp_path: Path, photo_dir: Path
+) -> None:
+    """Two gloo ranks train and checkpoint; one process resumes from that checkpoint (and
+    two ranks from the one process's): the step count goes on, the curve is kept, and the
+    model that comes out codes."""
+    import os
+    import subprocess
+    import sys
+
+    from nncompress import api
+
+    out, ckpt = tmp_path / "ddp.safetensors", tmp_path / "ckpt"
+    common = [
+        "-m", "nncompress.train.cli", str(photo_dir), "-o", str(out), "--ckpt-dir", str(ckpt),
+        "--crop", "8", "--batch", "4", "--lr", "1e-2", "--warmup", "2", "--val-fraction",
+        "0.2", "--val-every", "6", "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    model = ["--nr-resnet", "1", "--nr-filters", "8", "--nr-mix", "2", "--dropout", "0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        [*torchrun, *common, *model, "--steps", "12"],
+        [sys.executable, *common, "--steps", "18", "--resume", str(ckpt), "--force"],
+        [*torchrun, *common, "--steps", "24", "--resume", str(ckpt), "--force"],
+    ]
+    steps = []
+    for cmd in runs:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        log = json.loads(out.with_suffix(".log.json").read_text())
+        steps.append(max(e["step"] for e in log["curve"]))
+        if cmd is not runs[0]:
+            assert "resumed from checkpoint" in r.stdout + r.stderr
+    assert steps == [12, 18, 24], steps
+    lm = load_model_file(integer_path(out))
+    assert lm.info["batch"] == 8 and lm.info["device"].startswith("2 x cpu")
+    image = Image.fromarray(smooth_image(11, 9, 7))
+    data = api.compress(image, model=lm, device="cpu", method="model")
+    assert np.array_equal(
+        np.asarray(api.decompress(data, model=lm, device="cpu")), np.asarray(image)
+    )
