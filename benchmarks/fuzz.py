@@ -1036,6 +1036,9 @@ def _worker(
     # A header may ask for more CPU threads than the worker has cores; OpenMP threads that
     # spin while waiting then slow every op by orders of magnitude on a busy machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # libjxl starts a thread per core and aborts the process (std::system_error) when the
+    # address-space limit below makes a thread's stack fail: one codec thread per worker.
+    os.environ["NNCOMPRESS_CODEC_THREADS"] = "1"
     if warm:  # imports and first-call costs outside the limits
         import torch
 

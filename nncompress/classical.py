@@ -61,8 +61,9 @@ time. The rule, on the sample count S = H * W * C:
 * ``"max"``: e10 if S <= :data:`JXL_SLOW_MAX_SAMPLES` (about 11 s per RGB MP), else e9.
   WebP method 6 level 100.
 
-PNG is the same at every effort. Encoders get ``numthreads=os.cpu_count()`` where the
-binding takes it (jxl, webp; libpng is single-threaded).
+PNG is the same at every effort. Encoders get ``numthreads=os.cpu_count()`` (or
+``$NNCOMPRESS_CODEC_THREADS``) where the binding takes it (jxl, webp; libpng is
+single-threaded).
 
 Decoding: bounds and errors
 ---------------------------
@@ -132,7 +133,16 @@ _RIFF, _WEBP, _VP8L = b"RIFF", b"WEBP", b"VP8L"
 _WEBP_HEADER = 20  # RIFF header (12) + chunk header (8)
 
 
+#: Environment variable capping the classical codecs' threads (default: all cores). libjxl
+#: aborts the process when it cannot start a thread, so a process under a tight
+#: address-space or thread limit (a sandbox, the fuzz workers) sets it to 1.
+THREADS_ENV = "NNCOMPRESS_CODEC_THREADS"
+
+
 def _threads() -> int:
+    value = os.environ.get(THREADS_ENV, "")
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
     return os.cpu_count() or 1
 
 

@@ -4,6 +4,7 @@ choice of the smallest, refusal of malformed data (FormatError only), JPEG trans
 from __future__ import annotations
 
 import io
+import os
 import time
 import tracemalloc
 
@@ -404,3 +405,10 @@ def test_jpeg_transcode_refuses_when_reconstruction_differs(monkeypatch):
     jpeg = _jpeg(_photo(16, 16))
     monkeypatch.setattr(imagecodecs, "jpegxl_decode_jpeg", lambda data, **kw: jpeg[:-1] + b"\0")
     assert classical.jpeg_transcode(jpeg) is None
+
+
+def test_codec_threads_follow_the_environment(monkeypatch):
+    monkeypatch.setenv(classical.THREADS_ENV, "1")
+    assert classical._threads() == 1
+    monkeypatch.setenv(classical.THREADS_ENV, "x")
+    assert classical._threads() == (os.cpu_count() or 1)
