@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Rebuild the training photo set (see README.md) from Debian archive packages.
+#
+# usage: bash benchmarks/training_photos/recipe.sh OUT_DIR WORK_DIR
+#   OUT_DIR   gets shard-NN/*.webp (lossless, 8-bit RGB, each shard <= 60 MiB), MANIFEST.tsv and
+#             EXCLUDED.tsv (every source left out, with the reason)
+#   WORK_DIR  private apt state, .deb files (~1.1 GB) and unpacked packages (~2.5 GB)
+#   env PYTHON  interpreter with Pillow (WebP) and numpy (default: python3)
+#   env JOBS    worker processes (default 2)
+# Needs: Debian's apt-get, dpkg-deb, tar and the Debian archive keyring; reaches deb.debian.org.
+# Both paths should be outside the repository (or ignored by git).
+set -euo pipefail
+[ $# -eq 2 ] || { sed -n '2,11p' "$0" >&2; exit 2; }
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=$(realpath -m "$1")
+WORK=$(realpath -m "$2")
+PYTHON=${PYTHON:-python3}
+JOBS=${JOBS:-2}
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+"$PYTHON" -c 'import numpy; from PIL import features; assert features.check("webp")' ||
+  { echo "need Pillow with WebP and numpy for $PYTHON (set PYTHON=...)" >&2; exit 1; }
+[ -r "$KEYRING" ] || { echo "missing $KEYRING (apt-get install debian-archive-keyring)" >&2; exit 1; }
+
+# Deny list: reserved for evaluation, never downloaded (kodim* files are never extracted either).
+DENY_RE=$("$PYTHON" -c "import sys; sys.path.insert(0, '$HERE'); import spec; print(spec.DENY_PACKAGE_RE)")
+DENY_KODAK=$("$PYTHON" -c "import sys; sys.path.insert(0, '$HERE'); import spec; print(' '.join(spec.DENY_PACKAGES_SHIPPING_KODAK))")
+refuse() {  # refuse PKG: exit if the package is on the deny list
+  if [[ "$1" =~ $DENY_RE ]] || [[ " $DENY_KODAK " == *" $1 "* ]]; then
+    echo "refused: $1 is reserved for evaluation" >&2; exit 1
+  fi
+}
+
+# apt state of our own per suite, so the host's sources and caches do not matter
+apt_opts() {  # apt_opts SUITE
+  local d="$WORK/apt-$1"
+  echo "-o Dir::Etc::SourceList=$d/sources.list -o Dir::Etc::SourceParts=/nonexistent" \
+       "-o Dir::Etc::Parts=/nonexistent -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache" \
+       "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Acquire::Languages=none" \
+       "-o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false" \
+       "-o Acquire::IndexTargets::deb::Contents-all::DefaultEnabled=false" \
+       "-o APT::Sandbox::User=root"
+}
+mkdir -p "$WORK/debs" "$WORK/unpack" "$OUT"
+"$PYTHON" -c "import sys; sys.path.insert(0, '$HERE'); import spec
+for p, (suite, v) in spec.PACKAGES.items(): print(p, suite, v)" > "$WORK/packages.txt"
+for suite in $(awk '{print $2}' "$WORK/packages.txt" | sort -u); do
+  d="$WORK/apt-$suite"; mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+  echo "deb [signed-by=$KEYRING] http://deb.debian.org/debian $suite main" > "$d/sources.list"
+  # shellcheck disable=SC2046
+  apt-get $(apt_opts "$suite") update -qq
+done
+
+: > "$WORK/versions.tsv"
+while read -r pkg suite ver; do
+  refuse "$pkg"
+  fver=${ver//:/%3a}
+  deb=$(ls "$WORK/debs/${pkg}_${fver}_"*.deb 2>/dev/null | head -n1 || true)
+  if [ -z "$deb" ]; then
+    # shellcheck disable=SC2046
+    (cd "$WORK/debs" && apt-get $(apt_opts "$suite") download -qq "$pkg=$ver") ||
+      { echo "$pkg $ver is no longer served by $suite: update spec.PACKAGES" >&2; exit 1; }
+    deb=$(ls "$WORK/debs/${pkg}_${fver}_"*.deb | head -n1)
+  fi
+  [ "$(dpkg-deb -f "$deb" Version)" = "$ver" ] || { echo "version mismatch: $deb" >&2; exit 1; }
+  if [ ! -d "$WORK/unpack/$pkg" ]; then
+    mkdir -p "$WORK/unpack/$pkg.tmp"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$WORK/unpack/$pkg.tmp" --exclude='*[kK][oO][dD][iI][mM]*'
+    mv "$WORK/unpack/$pkg.tmp" "$WORK/unpack/$pkg"
+  fi
+  printf '%s\t%s\n' "$pkg" "$ver" >> "$WORK/versions.tsv"
+done < "$WORK/packages.txt"
+
+rm -rf "$OUT"/shard-* "$OUT/_staging"
+start=$(date +%s)
+(cd "$HERE" && nice -n 19 "$PYTHON" build.py build "$WORK/unpack" "$WORK/versions.tsv" "$OUT" "$JOBS")
+echo "build: $(( $(date +%s) - start )) s"
+
+# Pixels must match the committed manifest (other Pillow/libjpeg versions may differ slightly).
+"$PYTHON" - "$HERE/MANIFEST.tsv" "$OUT/MANIFEST.tsv" <<'PY'
+import sys
+def rows(p):
+    try:
+        return {r.split("\t")[5]: r.split("\t")[7] for r in list(open(p))[1:]}
+    except FileNotFoundError:
+        return {}
+ref, new = rows(sys.argv[1]), rows(sys.argv[2])
+if not ref:
+    sys.exit(print("no committed MANIFEST.tsv to compare with"))
+same = sum(ref.get(k) == v for k, v in new.items())
+print(f"pixels identical to the committed manifest: {same} of {len(ref)} "
+      f"(new files {len(set(new) - set(ref))}, missing {len(set(ref) - set(new))})")
+PY
+du -sh "$OUT"/shard-* | tr '\n' ' '; echo
