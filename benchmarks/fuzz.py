@@ -1057,6 +1057,9 @@ def _worker(
             case = conn.recv()
         except EOFError:
             return
+        except MemoryError:  # between cases: this worker's heap, not a case's outcome
+            conn.send(RECV_FAILED)
+            return
         if case is None:
             return
         t0 = time.perf_counter()
@@ -1084,11 +1087,21 @@ class _Slot:
     conn: Connection
     case: Case | None = None
     started: float = 0.0
+    done: int = 0  # cases this worker has run
+
+
+#: What a worker answers when it could not even receive a case (its address space used up
+#: by earlier cases): the case is given to a fresh worker, not recorded.
+RECV_FAILED = "recv-failed"
+#: A worker is replaced by a fresh one after this many cases, so that what earlier cases
+#: left in its heap (fragmentation under RLIMIT_AS) cannot make a later case fail.
+CASES_PER_WORKER = 2000
 
 
 class Pool:
     """Worker processes that run cases, each under an alarm and an address-space limit; a
-    worker that dies or overruns is replaced and its case recorded as ``death`` / ``hang``."""
+    worker that dies or overruns is replaced and its case recorded as ``death`` / ``hang``.
+    Workers are recycled every CASES_PER_WORKER cases."""
 
     def __init__(
         self,
@@ -1139,10 +1152,16 @@ class Pool:
         todo = list(cases)[::-1]
         results: list[Result] = []
         while todo or any(s.case is not None for s in self.slots):
-            for s in self.slots:
+            for i, s in enumerate(self.slots):
                 if s.case is None and todo:
+                    if s.done >= CASES_PER_WORKER:
+                        s = self.slots[i] = self._replace(s)
                     s.case, s.started = todo.pop(), time.perf_counter()
-                    s.conn.send(s.case)
+                    try:
+                        s.conn.send(s.case)
+                    except (BrokenPipeError, OSError):  # it died between cases
+                        todo.append(s.case)
+                        self.slots[i] = self._replace(s)
             busy = [s for s in self.slots if s.case is not None]
             ready = wait([s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=0.5)
             now = time.perf_counter()
@@ -1151,12 +1170,18 @@ class Pool:
                     continue
                 if s.conn in ready:
                     try:
-                        _id, outcome, detail, secs = s.conn.recv()
+                        answer = s.conn.recv()
                     except (EOFError, OSError):
                         pass
                     else:
+                        if answer == RECV_FAILED:  # not the case's doing: run it again
+                            todo.append(s.case)
+                            self.slots[i] = self._replace(s)
+                            continue
+                        _id, outcome, detail, secs = answer
                         results.append(Result(s.case, outcome, detail, secs))
                         s.case = None
+                        s.done += 1
                         if progress:
                             progress(1)
                         continue

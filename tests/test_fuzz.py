@@ -265,3 +265,22 @@ def test_a_stream_shorter_than_its_symbols_stops_the_decoder_early(
     with pytest.raises(FormatError, match="ends before its symbols"):
         api.decompress(bad)
     assert 0 < len(calls) < steps / 4, (len(calls), steps)
+
+
+def test_workers_are_recycled_and_a_dead_idle_worker_loses_no_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that died between cases gets its next case resent to a fresh worker (not
+    recorded as that case's death), and workers are replaced every CASES_PER_WORKER cases."""
+    monkeypatch.setattr(fuzz, "CASES_PER_WORKER", 3)
+    pool = fuzz.Pool(tmp_path, workers=1, timeout_s=2, mem_mb=0)
+    with pool:
+        cases = [fuzz.Case(i, "selftest", "selftest", "-", "nothing", b"") for i in range(7)]
+        first = pool.slots[0].process
+        results = pool.run(cases[:4])
+        assert [r.outcome for r in results] == ["exact"] * 4
+        assert pool.slots[0].process is not first and pool.slots[0].done == 1
+        pool.slots[0].process.kill()  # dies while idle
+        pool.slots[0].process.join(5)
+        results = pool.run(cases[4:])
+        assert [r.outcome for r in results] == ["exact"] * 3
