@@ -106,9 +106,20 @@ def model_spec(model: Any) -> str | None:
     raise TypeError(f"model: a name, a path or a loaded model, not {type(model).__name__}")
 
 
-def _init(worker: Worker) -> None:
+def _init(worker: Worker, n_workers: int) -> None:
+    """Before the worker imports torch: its GPU, and one OpenMP/MKL thread (its coding uses
+    one; on a 16-core host, 14 CPU workers with a thread per core each spun their OpenMP
+    pools against each other and ran slower than one process); the classical codecs get
+    this worker's share of the cores."""
     if worker.kind == "cuda":
         os.environ["CUDA_VISIBLE_DEVICES"] = str(worker.gpu)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    os.environ.setdefault(
+        "NNCOMPRESS_CODEC_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers))
+    )
 
 
 def _encode(share, model, digest, tile, max_batch, verify, method):
@@ -167,7 +178,7 @@ def run(
 
     ctx = multiprocessing.get_context("spawn")
     executors = [
-        ProcessPoolExecutor(1, mp_context=ctx, initializer=_init, initargs=(w,))
+        ProcessPoolExecutor(1, mp_context=ctx, initializer=_init, initargs=(w, len(split)))
         for w in pool[: len(split)]
     ]
     try:
