@@ -413,10 +413,23 @@ def to_png(content: Content, level: int | None = None) -> bytes:
     else:
         images[0].save(
             buf, format="PNG", save_all=True, append_images=images[1:],
-            duration=list(content.durations), loop=content.loop, disposal=0, blend=0,
-            default_image=False, **options,
+            duration=list(content.durations), loop=content.loop,
+            disposal=_disposals(content.frames), blend=0, default_image=False, **options,
         )
     return buf.getvalue()
+
+
+def _disposals(frames: list[np.ndarray]) -> list[int]:
+    """APNG dispose ops, 0 (none) but where a frame equals the one before it: there 2
+    (previous) and 0 alternate, because Pillow's writer merges a frame equal to its
+    predecessor (summing their durations) only when both have the same dispose op, and an
+    animation must keep every frame. The writer codes each frame's rectangle against the
+    canvas that op leaves, so what a decoder shows is every frame exactly. (Not 1,
+    background: Pillow 13 cannot apply it to palette frames.)"""
+    out = [0]
+    for a, b in zip(frames, frames[1:]):
+        out.append(2 if np.array_equal(a, b) and out[-1] == 0 else 0)
+    return out
 
 
 def _with_palette(im: Image.Image, palette: bytes) -> tuple[Image.Image, bytes | None]:

@@ -390,3 +390,45 @@ def test_16_bit_file_sets_the_depth_flag() -> None:
     back = api.decompress_content(blob, device=CPU)
     assert back.bit_depth == 16 and np.array_equal(back.frames[0][:, :, 0], a)
     assert imagecodecs.png_decode(to_png(back)).dtype == np.uint16
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_decoded_animations_keep_repeated_frames(mode):
+    """Pillow's APNG writer merges a frame equal to the one before it unless their dispose
+    ops differ: to_png alternates them there, so every frame and duration comes back."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nncompress.content import read_content, to_png
+
+    rng = np.random.default_rng(3)
+    if mode == "P":
+        a = rng.integers(0, 4, (12, 10), dtype=np.uint8)
+    else:
+        a = rng.integers(0, 256, (12, 10, len(mode)), dtype=np.uint8)
+    b = a.copy()
+    b[2:5, 1:4] = 1
+    frames = [a, a, a, b, b, a]
+    if mode == "P":
+        ims = []
+        for f in frames:
+            im = Image.new("P", (f.shape[1], f.shape[0]))
+            im.putdata(f.ravel().tolist())
+            im.putpalette(bytes(range(12)))
+            ims.append(im)
+    else:
+        ims = [Image.fromarray(f, mode) for f in frames]
+    buf = io.BytesIO()
+    durations = [10, 20, 30, 40, 50, 60]
+    ims[0].save(
+        buf, format="PNG", save_all=True, append_images=ims[1:], duration=durations, loop=0,
+        disposal=[0, 2, 0, 2, 0, 0], blend=0, default_image=False,
+    )  # fmt: skip
+    c = read_content(buf.getvalue())
+    assert len(c.frames) == 6 and c.durations == tuple(durations) and c.mode == mode
+    back = read_content(to_png(c))
+    assert back.mode == mode and back.durations == tuple(durations)
+    assert len(back.frames) == 6
+    assert all(np.array_equal(x, y) for x, y in zip(c.frames, back.frames, strict=True))
