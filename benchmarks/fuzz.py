@@ -376,9 +376,10 @@ def mut_payload(rng, seed, _):
     return f"payload: {desc}", data
 
 
-def _header_body_span(data: bytes) -> tuple[int, int] | None:
+def _header_body_span(data: bytes, valid_crc: bool = True) -> tuple[int, int] | None:
     """Where the header body lies (magic, u16 version, varint body length, body, u32 CRC-32
-    of the body), if this file is laid out so; None if the format no longer is."""
+    of the body), if this file is laid out so (``valid_crc``: and its CRC matches); None
+    if it is not."""
     from nncompress.container import MAGIC
 
     at, n, shift = len(MAGIC) + 2, 0, 0
@@ -394,7 +395,9 @@ def _header_body_span(data: bytes) -> tuple[int, int] | None:
     else:
         return None
     lo, hi = at, at + n
-    if len(data) < hi + 4 or struct.unpack_from("<I", data, hi)[0] != zlib.crc32(data[lo:hi]):
+    if len(data) < hi + 4:
+        return None
+    if valid_crc and struct.unpack_from("<I", data, hi)[0] != zlib.crc32(data[lo:hi]):
         return None
     return lo, hi
 

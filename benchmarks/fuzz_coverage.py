@@ -92,15 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         decode(data)
         # and as a crafted file: the header CRC made to match, so that libFuzzer's
         # mutations of the header reach the checks behind it
-        span = _header_body_span(data) if len(data) > 8 else None
-        if span is None:
-            at = len(MAGIC) + 3
-            if len(data) > at + 4 and data[: len(MAGIC)] == MAGIC:
-                n = data[len(MAGIC) + 2] & 0x7F  # a one-byte body length
-                if len(data) >= at + n + 4:
-                    body = data[at : at + n]
-                    crc = struct.pack("<I", zlib.crc32(body))
-                    decode(data[: at + n] + crc + data[at + n + 4 :])
+        span = _header_body_span(data, valid_crc=False) if data[: len(MAGIC)] == MAGIC else None
+        if span is not None and _header_body_span(data) is None:
+            lo, hi = span
+            decode(data[:hi] + struct.pack("<I", zlib.crc32(data[lo:hi])) + data[hi + 4 :])
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -690,8 +690,11 @@ def _gpu_hint() -> str:
 
 def _cpu_workers(device: str) -> int:
     """Coding processes of a CPU device spec (cpu:N: N, at most the cores; else 1)."""
-    kind, _, n = device.partition(":")
-    return max(1, min(int(n), os.cpu_count() or 1)) if kind == "cpu" and n.isdigit() else 1
+    from .multidevice import is_multi, workers
+
+    if not (is_multi(device) and device.startswith("cpu:")):
+        return 1
+    return min(len(workers(device)), os.cpu_count() or 1)
 
 
 def _warn_if_slow(

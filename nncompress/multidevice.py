@@ -122,26 +122,16 @@ def _init(worker: Worker, n_workers: int) -> None:
     )
 
 
-def _encode(share, model, digest, tile, max_batch, verify, method):
+def _encode(share, model, digest, kind, **kwargs):
     from . import api
 
-    given = _load(model, digest)
-    return api.compress_detailed(
-        share, given, _device(), tile, max_batch, max_pixels=None, verify=verify, method=method
-    )
+    return api.compress_detailed(share, _load(model, digest), kind, max_pixels=None, **kwargs)
 
 
-def _decode(share, model, digest, max_pixels, max_batch, names):
+def _decode(share, model, digest, kind, **kwargs):
     from . import api
 
-    given = _load(model, digest)
-    return api.decompress_detailed(
-        share, given, _device(), max_pixels=max_pixels, max_batch=max_batch, names=names
-    )
-
-
-def _device() -> str:
-    return "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu"
+    return api.decompress_detailed(share, _load(model, digest), kind, **kwargs)
 
 
 def _load(model: str | None, digest: bytes | None):
@@ -183,14 +173,12 @@ def run(
     ]
     try:
         futures = []
-        for ex, idx in zip(executors, split):
+        for ex, w, idx in zip(executors, pool, split):
             args = dict(kwargs)
             if job == "decode":
                 names = args.pop("names", None)
                 args["names"] = None if names is None else [names[i] for i in idx]
-            futures.append(
-                ex.submit(fn, [items[i] for i in idx], path, digest, *_ordered(job, args))
-            )
+            futures.append(ex.submit(fn, [items[i] for i in idx], path, digest, w.kind, **args))
         out: list[Any] = [None] * len(items)
         for w, idx, fut in zip(pool, split, futures):
             try:
@@ -206,11 +194,3 @@ def run(
     finally:
         for ex in executors:
             ex.shutdown(wait=True, cancel_futures=True)
-
-
-def _ordered(job: str, args: dict[str, Any]) -> tuple[Any, ...]:
-    if job == "encode":
-        keys = ("tile", "max_batch", "verify", "method")
-    else:
-        keys = ("max_pixels", "max_batch", "names")
-    return tuple(args[k] for k in keys)

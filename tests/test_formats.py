@@ -145,6 +145,18 @@ def test_to_png_of_read_16bit_grey() -> None:
     assert back.dtype == np.uint16 and np.array_equal(back, a)
 
 
+def _mode_round_trip(tmp_path: Path, a: np.ndarray, mode: str) -> None:
+    """``a`` saved as a PNG of ``mode``, encoded and decoded through the CLI: the file
+    keeps the mode, the decoded PNG has it and every sample."""
+    src = tmp_path / f"{mode.lower()}.png"
+    Image.fromarray(a, mode).save(src)
+    nnc, out = encode_decode(src, tmp_path / "back.png")
+    assert files.parse(nnc.read_bytes()).header.mode == mode
+    with Image.open(out) as im:
+        assert im.mode == mode
+        assert np.array_equal(np.asarray(im), a)
+
+
 def test_cli_rgba_transparent_pixels_keep_their_colour(tmp_path: Path) -> None:
     a = np.zeros((24, 32, 4), np.uint8)
     a[..., :3] = smooth_rgb(24, 32, seed=2)
@@ -152,13 +164,7 @@ def test_cli_rgba_transparent_pixels_keep_their_colour(tmp_path: Path) -> None:
     a[:, :10, 3] = 0  # fully transparent, colour nonzero underneath
     a[5:9, 12:20, 3] = 128
     assert a[:, :10, :3].min() > 0 or a[:, :10, :3].max() > 0
-    src = tmp_path / "rgba.png"
-    Image.fromarray(a, "RGBA").save(src)
-    nnc, out = encode_decode(src, tmp_path / "back.png")
-    assert files.parse(nnc.read_bytes()).header.mode == "RGBA"
-    with Image.open(out) as im:
-        assert im.mode == "RGBA"
-        assert np.array_equal(np.asarray(im), a)
+    _mode_round_trip(tmp_path, a, "RGBA")
 
 
 def test_cli_la_round_trip(tmp_path: Path) -> None:
@@ -168,13 +174,7 @@ def test_cli_la_round_trip(tmp_path: Path) -> None:
     a[..., 1] = 255
     a[:6, :, 1] = 0  # transparent rows, grey values nonzero
     a[10:, 20:, 1] = 77
-    src = tmp_path / "la.png"
-    Image.fromarray(a, "LA").save(src)
-    nnc, out = encode_decode(src, tmp_path / "back.png")
-    assert files.parse(nnc.read_bytes()).header.mode == "LA"
-    with Image.open(out) as im:
-        assert im.mode == "LA"
-        assert np.array_equal(np.asarray(im), a)
+    _mode_round_trip(tmp_path, a, "LA")
 
 
 def _frames(path: Path) -> tuple[list[np.ndarray], list[int]]:
