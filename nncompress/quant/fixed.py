@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import kernels
+
 ACT_FRAC = 12
 ACT_MAX = 2**23 - 1
 ELU_MIN = -16 * 2**ACT_FRAC
@@ -77,33 +79,47 @@ class IntegerArithmetic:
     #: The constant input channel: pixels enter as 2 v - 255, so 1.0 is 255.
     one = 255.0
 
+    #: Whether the steps go to quant.kernels' fused kernels first (CUDA, Triton present);
+    #: they compute the same integers, in one kernel a step.
+    fused = False
+
     def __init__(self, elu: torch.Tensor, sigmoid: torch.Tensor) -> None:
         self.elu_t = elu
         self.sig_t = sigmoid
         # SIG / 2^16, exactly (a power-of-two scaling of integers below 2^17): the gate's
         # a * SIG[b] / 2^16 is then one exact product, a * SIG[b] being below 2^39.
         self._sig_scaled = sigmoid * 2.0**-SIG_FRAC
+        if type(self).fin is IntegerArithmetic.fin:  # (not quant.qat's differentiable ops)
+            self.fused = kernels.enabled(elu.device)
 
     @staticmethod
     def pixels(v: torch.Tensor) -> torch.Tensor:
         """Pixel values in [0, 255] -> 2 v - 255 (the network input, in units of 1/255)."""
         return v.to(torch.float64).mul_(2.0).sub_(255.0)
 
-    @staticmethod
-    def fin(acc: torch.Tensor, post: torch.Tensor | None) -> torch.Tensor:
+    def fin(self, acc: torch.Tensor, post: torch.Tensor | None) -> torch.Tensor:
         """Requantize a complete accumulation in place (post: 2^-k per output channel)."""
+        if self.fused and kernels.fin(acc, post):
+            return acc
         return requant_(acc, post)
 
-    @staticmethod
-    def fin_bias(acc: torch.Tensor, post: torch.Tensor, bias_post: torch.Tensor) -> torch.Tensor:
+    def fin_bias(
+        self, acc: torch.Tensor, post: torch.Tensor, bias_post: torch.Tensor
+    ) -> torch.Tensor:
         """fin(acc + bias) in place, given bias_post = bias * post: (acc + bias) 2^-k =
         acc 2^-k + bias 2^-k exactly (both terms and their sum are integers scaled by the
         same power of two, below 2^53), so one addcmul replaces the bias's pass."""
+        if self.fused and kernels.fin(acc, post, bias_post):
+            return acc
         return torch.addcmul(bias_post, acc, post, out=acc).round_().clamp_(-ACT_MAX, ACT_MAX)
 
     def elu(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """ELU[clamp(x, ELU_MIN, 0) - ELU_MIN] + max(x, 0), into ``out`` if given (which
         may be x itself)."""
+        if self.fused:
+            dst = torch.empty_like(x) if out is None else out
+            if kernels.elu(x, dst, self.elu_t):
+                return dst
         y = table_lookup(self.elu_t, x, ELU_MIN, 0)
         return torch.add(y, x.clamp(min=0), out=out)
 
@@ -122,6 +138,8 @@ class IntegerArithmetic:
         straight into the halves, reading x rather than ``out`` (fewest bytes; both
         measured on CPU, ~3x faster than elu of a torch.cat)."""
         c = x.shape[dim]
+        if self.fused and dim in (-1, x.dim() - 1) and kernels.concat_elu(x, out, self.elu_t):
+            return out
         if x.numel() >= _LARGE and not x.is_cuda:
             self.elu(x, out=out.narrow(dim, 0, c))
             self.elu(torch.neg(x), out=out.narrow(dim, c, c))
@@ -134,6 +152,10 @@ class IntegerArithmetic:
         self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """clamp(x + round(a * SIG[b] / 2^16)), into ``out`` if given."""
+        if self.fused:
+            dst = torch.empty_like(x) if out is None else out
+            if kernels.gate(x, a, b, dst, self._sig_scaled):
+                return dst
         s = table_lookup(self._sig_scaled, b, -SIG_MAX, SIG_MAX)
         y = s.mul_(a).round_().add_(x)
         if out is None:
