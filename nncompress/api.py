@@ -18,6 +18,7 @@ one. Each image still gets its own file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def compress_detailed(
     ``verify``: decode every file just written and compare (IntegrityError if it differs).
     ``strip``: leave the metadata out."""
     contents = _contents(images, max_pixels, strip)
-    if multidevice.is_multi(device):
+    if multidevice.is_multi(device) and not multidevice.is_cpu_pool(device):
         return multidevice.run(
             device,
             contents,
@@ -198,17 +199,28 @@ def compress_detailed(
             verify=verify,
             method=method,
         )
-    dev = resolve_device(device)
+    pool = _cpu_pool(device)
+    dev = resolve_device("cpu" if pool is not None else device)
     given = load_model(model) if model is not None else None
-    results = encode_contents(contents, given, dev, tile, max_batch, progress, method)
-    if verify:
-        _verify(contents, results, given, dev, max_batch, progress)
+    with pool or contextlib.nullcontext():
+        results = encode_contents(contents, given, dev, tile, max_batch, progress, method, pool)
+        if verify:
+            _verify(contents, results, given, dev, max_batch, progress, pool)
     return results
 
 
-def _verify(contents, results, given, dev, max_batch, progress) -> None:
+def _cpu_pool(device: str) -> multidevice.ChunkPool | None:
+    """The worker processes of ``cpu:N`` (None for any other device)."""
+    if not multidevice.is_cpu_pool(device):
+        return None
+    return multidevice.ChunkPool(len(multidevice.workers(device)))
+
+
+def _verify(contents, results, given, dev, max_batch, progress, pool=None) -> None:
     """Decode what was just encoded and compare, as ``flac --verify`` does."""
-    back = decode_files([r.data for r in results], given, dev, max_batch, progress, None)
+    back = decode_files(
+        [r.data for r in results], given, dev, max_batch, progress, None, pool=pool
+    )
     for c, d in zip(contents, back, strict=True):
         if not same_content(c, d.content):
             raise IntegrityError(
@@ -293,7 +305,7 @@ def decompress_detailed(
     claiming more than ``max_pixels`` pixels (all frames; None: no limit but the format's)
     raises UnsupportedImageError before anything is decoded. ``names``: for messages."""
     parsed = _blob_list(blobs)
-    if multidevice.is_multi(device):
+    if multidevice.is_multi(device) and not multidevice.is_cpu_pool(device):
         from .files import parse
 
         weights = [_claimed_samples(parse(b)) for b in parsed]
@@ -308,8 +320,12 @@ def decompress_detailed(
             names=names,
         )
     given = load_model(model) if model is not None else None
-    dev = resolve_device(device)
-    return decode_files(parsed, given, dev, max_batch, _factory(progress), max_pixels, names)
+    pool = _cpu_pool(device)
+    dev = resolve_device("cpu" if pool is not None else device)
+    with pool or contextlib.nullcontext():
+        return decode_files(
+            parsed, given, dev, max_batch, _factory(progress), max_pixels, names, pool
+        )
 
 
 def _claimed_samples(f: Any) -> int:

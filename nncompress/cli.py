@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from .errors import NncError, is_out_of_memory, out_of_memory
+from .multidevice import AUTO_CPU_POOL_SECONDS
 
 NNC_SUFFIX = ".nnc"
 STDIO = "-"
@@ -359,6 +360,8 @@ _model_option = click.option(
 def _device_spec(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if value in ("auto", "cpu", "cuda"):
         return value
+    if value == "cpu:1":
+        return "cpu"  # one process, as cpu
     if ":" in value:
         from .multidevice import workers
 
@@ -368,7 +371,7 @@ def _device_spec(ctx: click.Context, param: click.Parameter, value: str) -> str:
             raise click.BadParameter(str(e)) from None
         return value
     raise click.BadParameter(
-        f"{value!r}: use auto, cpu, cuda, cuda:all, cuda:0,1 (those GPUs) or cpu:N"
+        f"{value!r}: use auto, cpu, cuda, cuda:all, cuda:0,1 (those GPUs), cpu:N or cpu:all"
     )
 
 
@@ -376,12 +379,15 @@ _device_option = click.option(
     "--device",
     default="auto",
     show_default=True,
-    metavar="auto|cpu|cuda|cuda:all|cuda:0,1|cpu:N",
+    metavar="auto|cpu|cuda|cuda:all|cuda:0,1|cpu:N|cpu:all",
     callback=_device_spec,
-    help="Where the model runs (auto: CUDA if there is one). cuda:all / cuda:0,1 / cpu:N "
-    "split the images over one worker process per GPU / N CPU processes (the same files as "
-    "one device; worth it for folders). Files decode on any device, whatever device "
-    "encoded them.",
+    help="Where the model runs. auto: CUDA if there is one; else one process, or one per "
+    "usable core (cpu:all) when the model's work is estimated above "
+    f"{AUTO_CPU_POOL_SECONDS:.0f} s on one core. cpu (= cpu:1): one process. cuda:all / "
+    "cuda:0,1 split the images over one worker process per GPU; cpu:N / cpu:all split "
+    "the chunks of every image over N CPU processes (one core each, ~1-2 s to start). "
+    "The files are the same whatever the device; files decode on any device, whatever "
+    "device encoded them.",
 )
 
 
@@ -530,8 +536,14 @@ def _encode_and_write(
 
     dev = resolve_device(device.partition(":")[0])
     given = api.load_model(model) if model else None
-    if dev.type == "cpu" and not quiet and method in ("auto", "model"):
-        _warn_if_slow_encode([c for *_, c in todo], given, method, _cpu_workers(device))
+    if dev.type == "cpu" and method in ("auto", "model"):
+        work = _encode_work([c for *_, c in todo], given, method)
+        device = _auto_cpu_device(device, work)
+        if not quiet:
+            hint = _gpu_hint()
+            if method == "auto":
+                hint = "if the model wins over the classical codecs; " + hint
+            _warn_if_slow(work, "encoding", hint, _cpu_workers(device))
     factory = api._tqdm_factory if _progress(progress) else None
 
     def run(items):
@@ -598,10 +610,11 @@ def _write_reported(dst: str, data: bytes, force: bool, tally: _Tally) -> bool:
     return True
 
 
-def _warn_if_slow_encode(contents, given, method: str, workers: int = 1) -> None:
-    """_warn_if_slow for the model's share of an encode on the CPU: the 8-bit frames it
-    may code (with --method auto the model runs only where its score can win, so this
-    is an upper bound of the coding time; the score pass itself is much cheaper)."""
+def _encode_work(contents, given, method: str) -> list[tuple[str, float, int]]:
+    """The model's share of an encode on the CPU as _warn_if_slow takes it: the 8-bit
+    frames it may code (with --method auto the model runs only where its score can win,
+    so this is an upper bound of the coding time; the score pass itself is much
+    cheaper)."""
     from .planes import model_for
 
     work = []
@@ -618,10 +631,7 @@ def _warn_if_slow_encode(contents, given, method: str, workers: int = 1) -> None
                 rates[ch] = None
         if rates[ch] is not None:
             work.append((rates[ch][0], rates[ch][1], c.width * c.height * len(c.frames)))
-    hint = _gpu_hint()
-    if method == "auto":
-        hint = "if the model wins over the classical codecs; " + hint
-    _warn_if_slow(work, "encoding", hint, workers)
+    return work
 
 
 def _model_params(info: dict[str, Any], count: Callable[[], int]) -> int:
@@ -689,12 +699,30 @@ def _gpu_hint() -> str:
 
 
 def _cpu_workers(device: str) -> int:
-    """Coding processes of a CPU device spec (cpu:N: N, at most the cores; else 1)."""
-    from .multidevice import is_multi, workers
+    """Coding processes of a CPU device spec (cpu:N: N, at most the usable cores; else 1)."""
+    from .multidevice import is_cpu_pool, usable_cores, workers
 
-    if not (is_multi(device) and device.startswith("cpu:")):
+    if not is_cpu_pool(device):
         return 1
-    return min(len(workers(device)), os.cpu_count() or 1)
+    return min(len(workers(device)), usable_cores())
+
+
+def _cpu_seconds(work: Sequence[tuple[str, float, int]]) -> float:
+    """One core's estimated time for ``work`` ((model name, seconds per megapixel, pixels)
+    per image)."""
+    return sum(rate * n / 1e6 for _, rate, n in work)
+
+
+def _auto_cpu_device(device: str, work: Sequence[tuple[str, float, int]]) -> str:
+    """--device auto on a machine without CUDA: cpu:N (one process per usable core) when
+    the model's work is estimated above multidevice.AUTO_CPU_POOL_SECONDS, else auto (one
+    process). Other specs as given."""
+    from .multidevice import auto_cpu_workers, usable_cores
+
+    if device != "auto":
+        return device
+    n = auto_cpu_workers(_cpu_seconds(work), usable_cores())
+    return f"cpu:{n}" if n > 1 else device
 
 
 def _warn_if_slow(
@@ -703,7 +731,7 @@ def _warn_if_slow(
     """One line on stderr when coding ``work`` ((model name, seconds per megapixel, pixels)
     per image) on the CPU is estimated to take more than SLOW_CPU_RUN_SECONDS (split over
     ``workers`` processes, one core each)."""
-    seconds = sum(rate * n / 1e6 for _, rate, n in work) / workers
+    seconds = _cpu_seconds(work) / workers
     if seconds <= SLOW_CPU_RUN_SECONDS:
         return
     names = list(dict.fromkeys(name for name, _, _ in work))
@@ -839,8 +867,11 @@ def _decode_and_write(
     from .content import to_png
 
     given = api.load_model(model) if model else None
-    if not quiet:
-        _warn_if_slow_decode([(f, given) for *_, f in todo], device)
+    work = _decode_work([(f, given) for *_, f in todo], device)
+    if work is not None:
+        device = _auto_cpu_device(device, work)
+        if not quiet:
+            _warn_if_slow(work, "decoding", _gpu_hint(), _cpu_workers(device))
     decoded = api.decompress_detailed(
         [blob for *_, blob, _ in todo],
         given,
@@ -864,18 +895,21 @@ def _decode_and_write(
             click.echo(f"{src} -> {dst}{note}: {what}", err=dst == STDIO)
 
 
-def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
-    """_warn_if_slow for the model parts of the files (parsed file, model given or None)
-    when they decode on the CPU (any file decodes on any device)."""
+def _decode_work(
+    files: Sequence[tuple[Any, Any]], device: str
+) -> list[tuple[str, float, int]] | None:
+    """The model parts of the files (parsed file, model given or None) as _warn_if_slow
+    takes them, when they decode on the CPU (any file decodes on any device); else
+    None."""
     from .files import model_parts
     from .runtime import resolve_device
 
     try:
         here = resolve_device(device.partition(":")[0]).type
     except NncError:
-        return  # decoding reports it
+        return None  # decoding reports it
     if here != "cpu":
-        return
+        return None
     rates: dict[str, float | None] = {}
     work = []
     for parsed, given in files:
@@ -889,7 +923,7 @@ def _warn_if_slow_decode(files: Sequence[tuple[Any, Any]], device: str) -> None:
                 rates[name] = _loaded_rate(given) if given is not None else _named_rate(name)
             if rates[name] is not None:
                 work.append((name, rates[name], header.width * header.height))
-    _warn_if_slow(work, "decoding", _gpu_hint(), _cpu_workers(device))
+    return work
 
 
 @main.command()

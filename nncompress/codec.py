@@ -121,6 +121,13 @@ class EncodeJob(TileJob):
         super().__init__(grid, tiles)
         self.source = source
         self.encoder = Encoder()
+        self.stream: bytes | None = None  # set by finish() (or by a worker that coded it)
+
+    def finish(self) -> bytes:
+        """The chunk's coder stream, once all its symbols are coded."""
+        if self.stream is None:
+            self.stream = self.encoder.finish()
+        return self.stream
 
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:
         symbols = self.source[tiles, c, y, x].astype(np.int64)
@@ -148,6 +155,7 @@ class DecodeJob(TileJob):
 
     def __init__(self, grid: TileGrid, tiles: range, payload: bytes) -> None:
         super().__init__(grid, tiles)
+        self.payload = payload  # what a worker process gets to decode the chunk
         self.decoder = Decoder(payload)
 
     def exchange(self, tiles: np.ndarray, y: int, x: int, c: int, probs: np.ndarray) -> np.ndarray:

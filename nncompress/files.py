@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -65,6 +66,9 @@ from .planes import (
     require_integer,
     score_planes,
 )
+
+if TYPE_CHECKING:
+    from .multidevice import ChunkPool
 
 #: What encode accepts as ``method``.
 METHODS = ("auto", "model", "jpeg", *classical.METHODS)
@@ -139,9 +143,11 @@ def encode_contents(
     max_batch: int | None = None,
     progress: ProgressFactory | None = None,
     method: str = "auto",
+    pool: ChunkPool | None = None,
 ) -> list[Encoded]:
     """Encode contents (see the module docstring); model parts of all images that use the
-    same model are coded in one schedule."""
+    same model are coded in one schedule (``pool``: its chunks over those CPU worker
+    processes, multidevice.ChunkPool)."""
     if method not in METHODS:
         raise UnsupportedImageError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     if max_batch is None:
@@ -217,6 +223,7 @@ def encode_contents(
             tile,
             max_batch,
             progress,
+            pool,
         )
         for (i, k), cp in zip(where, coded):
             plans[i][k].model, plans[i][k].model_bits = cp.data, cp.info_bits
@@ -513,8 +520,10 @@ def decode_files(
     progress: ProgressFactory | None = None,
     max_pixels: int | None = None,
     names: Sequence[str] | None = None,
+    pool: ChunkPool | None = None,
 ) -> list[Decoded]:
-    """Decode files; model parts of all files decode together (one schedule per model)."""
+    """Decode files; model parts of all files decode together (one schedule per model;
+    ``pool``: its chunks over those CPU worker processes)."""
     if max_batch is None:
         max_batch = DEFAULT_MAX_BATCH[dev.type]
     files = [parse(b) for b in blobs]
@@ -528,7 +537,9 @@ def decode_files(
             if entry.method == "model":
                 model_parts.append(_model_part(f, entry, data))
                 where.append((i, k))
-    planes = decode_parts(model_parts, given, dev, max_batch, progress) if model_parts else []
+    planes = (
+        decode_parts(model_parts, given, dev, max_batch, progress, pool) if model_parts else []
+    )
     decoded_planes = {ik: p for ik, p in zip(where, planes)}
     return [
         _finish(f, i, decoded_planes, names[i] if names else None) for i, f in enumerate(files)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,15 +39,25 @@ from .runtime import coding_context, default_cpu_threads
 from .zoo import default_model_name
 from .zoo import load_model as _zoo_load
 
+if TYPE_CHECKING:
+    from .multidevice import ChunkPool
+
 DEFAULT_TILE = 32
 # Most tiles per batch step: bounds the stepper's caches (memory; pixelcnnpp-photo needs
 # ~3 MB per 32x32 tile). On a GPU a step costs about the same for 384 tiles as for 2048
 # (measured on an H200: 2.3 vs 6.2 ms, the range coder taking most of the latter), so
 # larger batches code many images faster; on a CPU the cost grows with the batch.
 DEFAULT_MAX_BATCH = MappingProxyType({"cpu": 512, "cuda": 2048})
-#: Tiles per coder stream (FORMAT.md: a chunk's tiles share one batch of the decoder, so
+#: Most tiles per coder stream (FORMAT.md: a chunk's tiles share one batch of the decoder, so
 #: this is also the smallest batch a decoder needs; ~4 bytes of stream end per chunk).
 CHUNK_TILES = 256
+#: Chunks are the unit that ``cpu:N`` spreads over processes, so an image of at least
+#: MIN_CHUNKS * MIN_CHUNK_TILES tiles gets at least MIN_CHUNKS chunks (a 768x512 photo in
+#: 32x32 tiles: 8 x 48 tiles instead of 2 x 192). Measured here: ~5 bytes per extra chunk
+#: (0.01% of that photo's file), and ~5 us of coder call per chunk and channel at every
+#: step, noise on a CPU but felt by a GPU's host loop if chunks were much smaller.
+MIN_CHUNKS = 8
+MIN_CHUNK_TILES = 32
 
 ProgressFactory = Callable[[int, str], Callable[[int], None]]  # (total steps, label) -> update
 
@@ -111,10 +122,17 @@ def grid_for(height: int, width: int, th: int, tw: int) -> TileGrid:
     return TileGrid(height, width, min(th, height), min(tw, width))
 
 
-def chunk_tiles(tile_h: int, tile_w: int, max_batch: int) -> int:
-    """Tiles per coder stream: CHUNK_TILES, fewer for small batches and wide tiles."""
+def chunk_tiles(count: int, tile_h: int, tile_w: int, max_batch: int) -> int:
+    """Tiles per coder stream of an image of ``count`` tiles (FORMAT.md, "Chunks and
+    streams"): the fewest chunks of at most CHUNK_TILES (fewer for small batches and wide
+    tiles), at least MIN_CHUNKS of at least MIN_CHUNK_TILES where the image has the tiles,
+    and the tiles spread evenly over them. A function of the geometry (and of an explicit
+    ``max_batch``) only, never of the machine or the worker count: the same image gives
+    the same file everywhere."""
     caps = (container.MAX_CHUNK_PIXELS // (tile_h * tile_w), container.MAX_CHUNK_COLUMNS // tile_w)
-    return max(1, min(CHUNK_TILES, max_batch, *caps))
+    cap = max(1, min(CHUNK_TILES, max_batch, *caps))
+    chunks = max(math.ceil(count / cap), min(MIN_CHUNKS, count // MIN_CHUNK_TILES), 1)
+    return max(1, math.ceil(count / chunks))
 
 
 def _replicated(planes: np.ndarray, model_channels: int) -> np.ndarray:
@@ -124,17 +142,35 @@ def _replicated(planes: np.ndarray, model_channels: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(planes, (model_channels,) + planes.shape[1:]))
 
 
-def run_jobs(model, jobs: list[TileJob], dev, max_batch: int, progress, label: str,
-             replicate: bool = False) -> None:
-    """run_schedule over ``jobs``, one schedule per tile size (a batch has one)."""
+def _by_tile(jobs: Sequence[TileJob]) -> dict[tuple[int, int], list[TileJob]]:
     by_tile: dict[tuple[int, int], list[TileJob]] = {}
     for j in jobs:
         by_tile.setdefault((j.grid.tile_h, j.grid.tile_w), []).append(j)
-    steps = sum(len(plan_batches(js, max_batch)) * t[0] * t[1] for t, js in by_tile.items())
+    return by_tile
+
+
+def schedule_steps(jobs: Sequence[TileJob], max_batch: int) -> int:
+    """Steps of run_jobs over ``jobs`` (its progress total)."""
+    return sum(len(plan_batches(js, max_batch)) * t[0] * t[1] for t, js in _by_tile(jobs).items())
+
+
+def run_jobs(model, jobs: list[TileJob], dev, max_batch: int, progress, label: str,
+             replicate: bool = False) -> None:
+    """run_schedule over ``jobs``, one schedule per tile size (a batch has one)."""
+    steps = schedule_steps(jobs, max_batch)
     bar = progress(steps, label) if progress is not None and steps else None
     with coding_context(dev, default_cpu_threads()):
-        for (th, tw), js in by_tile.items():
+        for (th, tw), js in _by_tile(jobs).items():
             run_schedule(model, js, th, tw, max_batch, bar, replicate=replicate)
+
+
+def _run_model_jobs(lm: LoadedModel, jobs: list[TileJob], dev, max_batch: int, progress,
+                    label: str, replicate: bool, pool: ChunkPool | None) -> None:
+    """run_jobs here, or over the worker processes of ``pool`` (cpu:N)."""
+    if pool is not None:
+        pool.run_jobs(lm, jobs, max_batch, progress, label, replicate)
+    else:
+        run_jobs(lm.model.to(dev).eval(), jobs, dev, max_batch, progress, label, replicate)
 
 
 @dataclass
@@ -152,9 +188,11 @@ def encode_planes(
     tile: int | tuple[int, int] | None,
     max_batch: int,
     progress: ProgressFactory | None,
+    pool: ChunkPool | None = None,
 ) -> list[Coded]:
     """Model parts of ``planes`` ((C, H, W) uint8 each, C the same for all), coded in one
-    schedule per kind (grey-through-RGB planes in their own)."""
+    schedule per kind (grey-through-RGB planes in their own); ``pool``: its chunks over
+    those CPU worker processes (cpu:N)."""
     require_integer(lm)
     th, tw = model_tile(lm, tile)
     out: list[Coded | None] = [None] * len(planes)
@@ -166,13 +204,12 @@ def encode_planes(
         for i in idx:
             p = planes[i]
             grid = grid_for(p.shape[1], p.shape[2], th, tw)
-            chunk = chunk_tiles(grid.tile_h, grid.tile_w, max_batch)
+            chunk = chunk_tiles(grid.count, grid.tile_h, grid.tile_w, max_batch)
             tiles = grid.split(_replicated(p, lm.model.channels))
-            ranges = chunk_ranges(grid.count, min(chunk, grid.count))
+            ranges = chunk_ranges(grid.count, chunk)
             per_image.append([EncodeJob(grid, r, tiles[r.start : r.stop]) for r in ranges])
-        model = lm.model.to(dev).eval()
         jobs = [j for js in per_image for j in js]
-        run_jobs(model, jobs, dev, max_batch, progress, "encode", replicate)
+        _run_model_jobs(lm, jobs, dev, max_batch, progress, "encode", replicate, pool)
         for i, chunks in zip(idx, per_image):
             canvas = chunks[0].grid.join(np.concatenate([j.tiles for j in chunks]))
             if not np.array_equal(canvas[: planes[i].shape[0]], planes[i]):
@@ -183,7 +220,7 @@ def encode_planes(
                 chunks[0].grid.tile_h,
                 chunks[0].grid.tile_w,
                 chunks[0].count,
-                container.join_streams([j.encoder.finish() for j in chunks]),
+                container.join_streams([j.finish() for j in chunks]),
             )
             out[i] = Coded(pack_model_part(part), sum(j.info_bits for j in chunks))
     return [c for c in out if c is not None]
@@ -257,9 +294,11 @@ def decode_parts(
     dev: torch.device,
     max_batch: int,
     progress: ProgressFactory | None,
+    pool: ChunkPool | None = None,
 ) -> list[np.ndarray]:
     """The planes of model parts ((format-4 header, stream payload) each): parts sharing a
-    model decode together, in any batches, on any device."""
+    model decode together, in any batches, on any device (``pool``: their chunks over
+    those CPU worker processes)."""
     out: list[np.ndarray | None] = [None] * len(parts)
     groups: dict[tuple[bytes, bool], list[int]] = {}
     models: dict[bytes, LoadedModel] = {}
@@ -280,9 +319,8 @@ def decode_parts(
             ranges = chunk_ranges(grid.count, h.chunk_tiles)
             jobs = [DecodeJob(grid, r, st) for r, st in zip(ranges, streams)]
             pending.append(PendingDecode(h, jobs, h.channels_coded))
-        net = lm.model.to(dev).eval()
         jobs = [j for p in pending for j in p.jobs]
-        run_jobs(net, jobs, dev, max_batch, progress, "decode", replicate)
+        _run_model_jobs(lm, jobs, dev, max_batch, progress, "decode", replicate, pool)
         for i, p in zip(idx, pending):
             out[i] = p.planes()
     return [p for p in out if p is not None]
