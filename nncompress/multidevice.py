@@ -38,10 +38,12 @@ from .errors import DeviceMismatchError, NncError
 MAX_WORKERS = 256
 #: --device auto without CUDA codes in this process unless the model's work is estimated
 #: above this many seconds on one core (cli.CPU_SECONDS_PER_MEGAPIXEL); then it takes one
-#: worker per usable core. Measured on the 2-core machine (benchmarks/results/
-#: chunk-parallel-cpu): two workers cost ~3-4 s of start (spawn, torch import, model load)
-#: and their share of the work, so they break even near 7 s of one-core work and save ~30%
-#: at 24 s.
+#: worker per usable core. Measured on the 2-core machine with pixelcnnpp-photo-small-int
+#: (benchmarks/results/chunk-parallel-cpu, whole CLI calls): a 512x256 decode (estimate
+#: 11.8 s) took 10.2 s in one process and 9.0 s with cpu:2; a 768x512 one (estimate 35 s)
+#: 23.7 and 15.0 s. The workers' start (spawn, torch import, model load) costs ~3-5 s
+#: there, so 12 s of estimate is about where two processes start to win; more cores win
+#: sooner.
 AUTO_CPU_POOL_SECONDS = 12.0
 #: Seconds between progress updates from the workers.
 _PROGRESS_POLL = 0.25
