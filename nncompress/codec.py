@@ -251,6 +251,9 @@ class ChannelPmfs:
             params = torch.zeros(n, dist.num_params, device=device)
         self.params = params
         self.state = dist.coding_state(device)
+        prepare = getattr(dist, "prepare_state", None)  # (buffers made outside any capture)
+        if prepare is not None:
+            prepare(self.state, n, device)
         cuda = device.type == "cuda"
         self.prev_host = torch.zeros(n, channels, dtype=torch.int64, pin_memory=cuda)
         self.prev = self.prev_host.to(device) if cuda else self.prev_host

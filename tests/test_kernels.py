@@ -6,11 +6,18 @@ device run checks the compiled kernels the same way: benchmarks/kernels_check.py
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
+# Before Triton's import: its own library functions (tl.sum, ...) are made for the
+# interpreter only when it is on at that time.
+os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
+# A kernel that fails falls back to the torch ops with a warning: here that is a failure.
+pytestmark = pytest.mark.filterwarnings("error")
 
 from nncompress.quant import fixed, kernels  # noqa: E402
 
@@ -115,8 +122,9 @@ def test_a_model_s_coding_tables_are_the_same_with_and_without_the_kernels():
     tables = []
     for fused in (False, True):
         model.arithmetic().fused = fused
+        model.distribution.fused = fused
         st = model.stepper(b, h, w)
-        assert st.ar.fused is fused
+        assert st.ar.fused is fused and st.distribution.fused is fused
         st.runner = run_now
         pm = ChannelPmfs(st.distribution, st.runner, b, 3, torch.device("cpu"), st.params_buffer)
         got = []
@@ -127,3 +135,38 @@ def test_a_model_s_coding_tables_are_the_same_with_and_without_the_kernels():
                 st.write(y, x, torch.from_numpy(tiles[:, :, y, x]))
         tables.append(np.stack(got))
     assert np.array_equal(tables[0], tables[1])
+
+
+def test_mixture_tables_equal_the_torch_path_on_extreme_parameters():
+    from nncompress.quant import distributions as qd
+
+    rng = np.random.default_rng(5)
+    m, n = 5, 40
+    t = {k: torch.from_numpy(v) for k, v in qd.build_tables().items()}
+    t["sigmoid"] = torch.from_numpy(fixed.sigmoid_table())
+    dist = qd.IntegerLogisticMixture(3, m, t)
+    assert dist.fused
+    p = np.zeros((n, dist.num_params))
+    p[:, :m] = rng.integers(-30000, 30000, (n, m))  # logits, some far apart
+    blocks = p[:, m:].reshape(n, 3, 3, m)
+    blocks[:, :, 0] = rng.integers(-qd.MEAN_MAX - 5000, qd.MEAN_MAX + 5000, (n, 3, m))
+    blocks[:, :, 1] = rng.integers(qd.LOG_SCALE_LO - 3000, qd.LOG_SCALE_HI + 3000, (n, 3, m))
+    blocks[:, :, 2] = rng.integers(-qd.COEF_MAX - 9000, qd.COEF_MAX + 9000, (n, 3, m))
+    p[:, m:] = blocks.reshape(n, -1)
+    params = torch.from_numpy(p)
+    prev = torch.from_numpy(rng.integers(0, 256, (n, 3)))
+    prev[:4] = torch.tensor([[0, 0, 0], [255, 255, 255], [0, 255, 0], [255, 0, 255]])
+    out = {}
+    for fused in (False, True):
+        dist.fused = fused
+        state = dist.coding_state(params.device)
+        dist.prepare_state(state, n, params.device)
+        assert ("k_n" in state) is fused  # (the kernel's buffers: it runs)
+        out[fused] = [dist.coding_pmf(params, c, prev, state).clone() for c in range(3)]
+    # without its buffers (a caller that did not prepare them) the torch path runs
+    assert (
+        kernels.mixture_table(params, 0, prev, dist.coding_state(params.device), dist._t, m) is None
+    )
+    for c in range(3):
+        assert torch.equal(out[True][c], out[False][c]), c
+        assert bool((out[True][c] >= 0).all()) and bool((out[True][c].sum(1) == qd.G_TOTAL).all())

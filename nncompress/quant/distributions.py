@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..distributions.base import NUM_SYMBOLS, Distribution
+from . import kernels
 from .fixed import SIG_FRAC, SIG_MAX
 
 FREQ_BITS = 24
@@ -202,6 +203,8 @@ class IntegerLogisticMixture(Distribution):
         self._block = 3 if channels == 3 else 2
         self.num_params = nr_mix * (1 + self._block * channels)
         self._t = _Tables(tables)
+        # quant.kernels' one-kernel tables (CUDA with Triton; the same integers)
+        self.fused = "sigmoid" in tables and kernels.enabled(tables["sigmoid"].device, "tables")
 
     def coding_state(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {
@@ -211,6 +214,12 @@ class IntegerLogisticMixture(Distribution):
             # (SIG_MAX 2^_Z_SHIFT + 2^(_Z_SHIFT - 1)) / 2^_Z_SHIFT: the offsets in _cdfs' a.
             "a0": torch.tensor(SIG_MAX + 0.5, dtype=torch.float64, device=device),
         }
+
+    def prepare_state(self, state: dict, n: int, device: torch.device) -> None:
+        """Buffers for batches of n pixels in ``state`` (coding_state's), made before any
+        CUDA graph capture (quant.kernels.prepare_state): the one-kernel tables need them."""
+        if self.fused and self.channels == 3:
+            kernels.prepare_state(state, n, self.nr_mix, device)
 
     def _cdfs(self, mean: torch.Tensor, log_scale: torch.Tensor, state: dict) -> torch.Tensor:
         """mean (N, M) integer-valued, log_scale (N, M) int64 -> (N, M, 257) float64
@@ -253,6 +262,10 @@ class IntegerLogisticMixture(Distribution):
         (N, 256) int64 for channel c. ``state`` carries the pixel's unpacked parameters,
         posterior log-weights and the last channel's component CDFs."""
         m = self.nr_mix
+        if self.fused and self.channels == 3:
+            g = kernels.mixture_table(params, c, prev, state, self._t, m)
+            if g is not None:
+                return g
         if c == 0:
             p = params.long()
             n = p.shape[0]

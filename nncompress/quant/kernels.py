@@ -29,6 +29,8 @@ from . import fixed  # (which imports this module: constants are read at call ti
 
 ENV = "NNCOMPRESS_TRITON"
 _BLOCK = 1024
+#: Most mixture components the one-kernel tables take (quant.pixelcnnpp.MAX_MIX).
+_MMAX = 64
 
 
 @functools.cache
@@ -38,9 +40,16 @@ def _triton():
         return None
     try:
         from . import _triton_kernels as k
+        from . import _triton_tables as kt
     except Exception:  # noqa: BLE001 (any import failure: the torch ops remain)
         return None
-    return {"fin": k.fin, "elu": k.elu, "concat_elu": k.concat_elu, "gate": k.gate}
+    return {
+        "fin": k.fin,
+        "elu": k.elu,
+        "concat_elu": k.concat_elu,
+        "gate": k.gate,
+        "mixture_table": kt.mixture_table,
+    }
 
 
 def _dims(t: torch.Tensor) -> tuple[int, int, int, int, int] | None:
@@ -128,8 +137,68 @@ def gate(
                    float(fixed.SIG_MAX), float(fixed.ACT_MAX))  # fmt: skip
 
 
-def enabled(device: torch.device) -> bool:
-    """Whether IntegerArithmetic on ``device`` should try the kernels."""
+def enabled(device: torch.device, part: str = "elementwise") -> bool:
+    """Whether the ``part`` ("elementwise": IntegerArithmetic; "tables": the mixture's
+    tables) on ``device`` should try the kernels (``NNCOMPRESS_TRITON=elementwise`` or
+    ``=tables`` keeps only that part, for measuring)."""
+    only = os.environ.get(ENV, "")
+    if only in ("elementwise", "tables") and only != part:
+        return False
     if device.type == "cuda":
         return _triton() is not None
     return os.environ.get(ENV) == "force" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def prepare_state(state: dict, n: int, nr_mix: int, device: torch.device) -> None:
+    """The buffers mixture_table keeps in a coder's per-pixel ``state`` for batches of n
+    rows, allocated here, before any CUDA graph capture: inside one, their memory would
+    belong to that graph's pool and could be reused by the graphs captured after it while
+    they still hold the next channel's inputs."""
+    state["k_n"] = n
+    # two generations each (the kernel reads channel c - 1's and writes channel c's)
+    state["k_lw"] = torch.empty(2, n, nr_mix, dtype=torch.int64, device=device)
+    state["k_ab"] = torch.empty(2, n, nr_mix, 2, dtype=torch.float64, device=device)
+    # one table per channel: a caller may hold channel c's table while c + 1 is made
+    state["k_g"] = torch.empty(3, n, 256, dtype=torch.int64, device=device)
+
+
+def mixture_table(
+    params: torch.Tensor, c: int, prev: torch.Tensor, state: dict, tables, nr_mix: int
+) -> torch.Tensor | None:
+    """Channel c's frequency table (N, 256) int64 of the 3-channel integer logistic mixture
+    in one kernel (quant.distributions.IntegerLogisticMixture.coding_pmf computes the same
+    integers); ``tables``: the mixture's quant.distributions._Tables. None where the kernel
+    does not apply (the caller then computes it); channel c > 0 needs channel c - 1 to have
+    run here with the same ``state``, which prepare_state set up."""
+    from . import distributions as qd
+
+    n = params.shape[0]
+    if (
+        not _usable(params)
+        or params.dim() != 2
+        or params.stride(1) != 1
+        or params.dtype != torch.float64
+        or prev.dtype != torch.int64
+        or prev.stride(1) != 1
+        or n == 0
+        or nr_mix > _MMAX
+    ):
+        return None
+    if state.get("k_n") != n:  # (prepare_state not called for this batch)
+        return None
+    t = tables
+    g = state["k_g"][c]
+    args = (params, params.stride(0), prev, prev.stride(0), state["k_lw"], state["k_ab"], g,
+            g.stride(0), t.f["inv_scale"], t.t["tanh"], t.f["exp"], t.t["log"], t.cdf_table, c,
+            nr_mix, n, float(qd.MEAN_MAX), qd.LOG_SCALE_LO, qd.LOG_SCALE_HI, qd.COEF_MAX,
+            qd.EXP_MAX, float(fixed.SIG_MAX), qd.G_TOTAL)  # fmt: skip
+    try:
+        _triton()["mixture_table"][(n,)](*args, BLOCK=256, MMAX=_MMAX)
+    except Exception as e:  # noqa: BLE001 (as _launch)
+        if os.environ.get("NNCOMPRESS_DEBUG"):
+            raise
+        os.environ[ENV] = "0"
+        _triton.cache_clear()
+        warnings.warn(f"nncompress: fused kernels off ({type(e).__name__}: {e})", stacklevel=2)
+        return None
+    return g
