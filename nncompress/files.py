@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import __version__, classical, container
 from . import metadata as meta
@@ -54,21 +53,13 @@ from .container import file as fmt
 from .content import Content
 from .errors import FormatError, IntegrityError, UnsupportedImageError
 from .images import check_pixel_count
-from .modelfile import LoadedModel
-from .planes import (
-    DEFAULT_MAX_BATCH,
-    ProgressFactory,
-    decode_parts,
-    encode_planes,
-    load_model,
-    model_for,
-    model_tile,
-    require_integer,
-    score_planes,
-)
 
 if TYPE_CHECKING:
+    import torch
+
+    from .modelfile import LoadedModel
     from .multidevice import ChunkPool
+    from .planes import ProgressFactory
 
 #: What encode accepts as ``method``.
 METHODS = ("auto", "model", "jpeg", *classical.METHODS)
@@ -148,6 +139,15 @@ def encode_contents(
     """Encode contents (see the module docstring); model parts of all images that use the
     same model are coded in one schedule (``pool``: its chunks over those CPU worker
     processes, multidevice.ChunkPool)."""
+    from .planes import (
+        DEFAULT_MAX_BATCH,
+        encode_planes,
+        load_model,
+        model_for,
+        require_integer,
+        score_planes,
+    )
+
     if method not in METHODS:
         raise UnsupportedImageError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     if max_batch is None:
@@ -260,6 +260,8 @@ SAMPLE_EVERY, SAMPLE_MIN_TILES, SAMPLE_LOSES = 8, 32, 1.25
 
 
 def _sampled_loses(lm, planes: np.ndarray, dev, tile, classical_bytes: int) -> bool:
+    from .planes import model_tile, score_planes
+
     th, tw = model_tile(lm, tile)
     tiles = -(-planes.shape[1] // th) * -(-planes.shape[2] // tw)
     if tiles < SAMPLE_MIN_TILES:
@@ -524,6 +526,8 @@ def decode_files(
 ) -> list[Decoded]:
     """Decode files; model parts of all files decode together (one schedule per model;
     ``pool``: its chunks over those CPU worker processes)."""
+    from .planes import DEFAULT_MAX_BATCH, decode_parts
+
     if max_batch is None:
         max_batch = DEFAULT_MAX_BATCH[dev.type]
     files = [parse(b) for b in blobs]

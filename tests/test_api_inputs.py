@@ -11,7 +11,7 @@ import torch
 from conftest import forged, random_image
 from PIL import Image
 
-from nncompress import api, classical, files
+from nncompress import api, classical, files, planes
 from nncompress.errors import UnsupportedImageError
 from nncompress.images import DEFAULT_MAX_PIXELS, as_image
 
@@ -203,7 +203,7 @@ def test_decompress_refuses_a_header_over_max_pixels_before_decoding(
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoding started")
 
-    monkeypatch.setattr(files, "decode_parts", no_decoding)
+    monkeypatch.setattr(planes, "decode_parts", no_decoding)
     monkeypatch.setattr(classical, "decode", no_decoding)
     with pytest.raises(UnsupportedImageError, match=r"10000x9000.*limit of 89,478,485"):
         api.decompress(big)

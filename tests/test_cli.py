@@ -720,3 +720,25 @@ def test_info_check_tells_intact_from_damaged_files_without_decoding(
     assert lines[0].endswith("intact (header and parts match their CRC-32s)")
     assert lines[1].startswith(f"{bad}: damaged: ") and "checksum" in lines[1]
     assert "1 of 2 files damaged" in lines[2]
+
+
+def test_info_does_not_import_torch(tmp_path, model_dir):
+    src = png(tmp_path / "a.png")
+    assert run("encode", str(src), "-m", "hist-rgb", "--method", "model").exit_code == 0
+    code = (
+        "import sys; from nncompress.cli import main\n"
+        "try:\n    main(['info', '--check', sys.argv[1]])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "main_args = ['info', sys.argv[1]]\n"
+        "try:\n    main(main_args)\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "a.nnc")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
