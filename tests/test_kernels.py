@@ -1,11 +1,14 @@
-"""quant.kernels (the fused CUDA kernels of the integer path) against the torch ops they
-replace, run in Triton's interpreter on CPU: the same integers, bit for bit, on values made
-to hit every rounding tie, clamp and table end, on strided views like the stepper's. Skipped
-where Triton is not installed (the CPU build of torch does not bring it; the lent GPU's
-device run checks the compiled kernels the same way: benchmarks/kernels_check.py)."""
+"""quant.kernels (the fused kernels of the integer path) against the torch ops they replace:
+the same integers, bit for bit, on values made to hit every rounding tie, clamp and table
+end, on strided views like the stepper's. Each test runs twice: with the CPU's C kernels
+(quant.cpu_kernels; skipped without a C compiler) and with the CUDA kernels run in Triton's
+interpreter on CPU (skipped where Triton is not installed: the CPU build of torch does not
+bring it; the lent GPU's device run checks the compiled kernels the same way:
+benchmarks/kernels_check.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -13,22 +16,32 @@ import pytest
 import torch
 
 # Before Triton's import: its own library functions (tl.sum, ...) are made for the
-# interpreter only when it is on at that time.
+# interpreter only when it is on at that time. (The C kernels do not look at it.)
 os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
 # A kernel that fails falls back to the torch ops with a warning: here that is a failure.
 pytestmark = pytest.mark.filterwarnings("error")
 
-from nncompress.quant import fixed, kernels  # noqa: E402
+from nncompress.quant import cpu_kernels, fixed, kernels  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv(kernels.ENV, "force")
+@pytest.fixture(autouse=True, params=["c", "triton"])
+def backend(request, monkeypatch):
+    """Which kernels the CPU tensors of a test go to."""
     kernels._triton.cache_clear()
-    yield
+    cpu_kernels.library.cache_clear()
+    if request.param == "triton":
+        if importlib.util.find_spec("triton") is None:
+            pytest.skip("Triton is not installed")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setenv(kernels.ENV, "force")
+    else:
+        monkeypatch.delenv(kernels.ENV, raising=False)
+        monkeypatch.delenv(cpu_kernels.ENV, raising=False)
+        if cpu_kernels.library() is None:
+            pytest.skip("no C compiler: the CPU kernels are not built")
+    yield request.param
     kernels._triton.cache_clear()
+    cpu_kernels.library.cache_clear()
 
 
 def _arith(fused: bool) -> fixed.IntegerArithmetic:
@@ -36,7 +49,7 @@ def _arith(fused: bool) -> fixed.IntegerArithmetic:
         torch.from_numpy(fixed.elu_table()).double(),
         torch.from_numpy(fixed.sigmoid_table()).double(),
     )
-    assert ar.fused  # (force + interpreter)
+    assert ar.fused  # (C kernels, or force + interpreter)
     ar.fused = fused
     return ar
 
@@ -170,3 +183,14 @@ def test_mixture_tables_equal_the_torch_path_on_extreme_parameters():
     for c in range(3):
         assert torch.equal(out[True][c], out[False][c]), c
         assert bool((out[True][c] >= 0).all()) and bool((out[True][c].sum(1) == qd.G_TOTAL).all())
+
+
+def test_the_c_kernels_are_off_when_asked(monkeypatch, backend):
+    if backend != "c":
+        pytest.skip("(the C kernels' switch)")
+    monkeypatch.setenv(cpu_kernels.ENV, "0")
+    cpu_kernels.library.cache_clear()
+    assert cpu_kernels.library() is None
+    assert not kernels.enabled(torch.device("cpu"))
+    x = torch.arange(-6.0, 6.0, dtype=torch.float64).view(3, 4)
+    assert not kernels.elu(x, torch.empty_like(x), torch.zeros(1, dtype=torch.float64))

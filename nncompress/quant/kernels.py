@@ -1,4 +1,5 @@
-"""Fused CUDA kernels (Triton) for the integer path's elementwise steps (quant.fixed).
+"""Fused kernels for the integer path's elementwise steps (quant.fixed): Triton on CUDA,
+C on the CPU (quant.cpu_kernels, the same operations in one pass each).
 
 On CUDA a coding step is bound by its kernel count, not by arithmetic: each of
 IntegerArithmetic's steps is three to eight torch kernels (a requantization is a multiply,
@@ -13,8 +14,9 @@ Triton's interpreter on CPU against the torch ops).
 
 The kernels take operands of up to three dimensions whose last stride is 1 (the stepper's
 (N, C) pixel tensors and (N, W, C) row tensors, views into its buffers included); anything
-else goes to the torch ops. ``NNCOMPRESS_TRITON=0`` turns the kernels off; ``=force``
-uses them on CPU tensors too (only under ``TRITON_INTERPRET=1``: the tests).
+else goes to the torch ops. ``NNCOMPRESS_TRITON=0`` turns the CUDA kernels off; ``=force``
+runs them on CPU tensors too (only under ``TRITON_INTERPRET=1``: the tests);
+``NNCOMPRESS_CPU_KERNELS=0`` turns the C kernels off.
 """
 
 from __future__ import annotations
@@ -61,11 +63,25 @@ def _dims(t: torch.Tensor) -> tuple[int, int, int, int, int] | None:
     return shape[0], shape[1], shape[2], strides[0], strides[1]
 
 
+def _interpreted() -> bool:
+    return os.environ.get(ENV) == "force" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _usable(*ts: torch.Tensor) -> bool:
+    """Whether Triton runs the kernels for these tensors (CUDA; CPU only in the tests)."""
     t = ts[0]
     if t.is_cuda:
         return _triton() is not None
-    return os.environ.get(ENV) == "force" and os.environ.get("TRITON_INTERPRET") == "1"
+    return _interpreted()
+
+
+def _c(t: torch.Tensor):
+    """The C kernels (quant.cpu_kernels) for a CPU tensor, or None."""
+    if t.is_cuda or _interpreted():
+        return None
+    from .cpu_kernels import library
+
+    return library()
 
 
 def _grid(n: int) -> tuple[int]:
@@ -91,9 +107,16 @@ def fin(acc: torch.Tensor, post: torch.Tensor, bias_post: torch.Tensor | None = 
     """requant in place (quant.fixed.requant_, or fin_bias with ``bias_post``); False if
     the operands do not fit a kernel (nothing is done then)."""
     d = _dims(acc)
-    if d is None or not _usable(acc) or post.shape != (d[2],) or post.stride(0) != 1:
+    if d is None or post.shape != (d[2],) or post.stride(0) != 1:
         return False
     if bias_post is not None and (bias_post.shape != post.shape or bias_post.stride(0) != 1):
+        return False
+    lib = _c(acc)
+    if lib is not None:
+        bias = None if bias_post is None else bias_post.data_ptr()
+        lib.nnc_fin(acc.data_ptr(), post.data_ptr(), bias, *d, float(fixed.ACT_MAX))
+        return True
+    if not _usable(acc):
         return False
     n = acc.numel()
     bias = post if bias_post is None else bias_post
@@ -104,7 +127,14 @@ def fin(acc: torch.Tensor, post: torch.Tensor, bias_post: torch.Tensor | None = 
 def elu(x: torch.Tensor, out: torch.Tensor, table: torch.Tensor) -> bool:
     """out = elu by ``table`` of x (same shape; out may be x); False if not fused."""
     dx, do = _dims(x), _dims(out)
-    if dx is None or do is None or dx[:3] != do[:3] or not _usable(x):
+    if dx is None or do is None or dx[:3] != do[:3]:
+        return False
+    lib = _c(x)
+    if lib is not None:
+        lib.nnc_elu(x.data_ptr(), out.data_ptr(), table.data_ptr(), *dx, *do[3:],
+                    float(fixed.ELU_MIN))  # fmt: skip
+        return True
+    if not _usable(x):
         return False
     n = x.numel()
     return _launch("elu", n, x, out, table, n, dx[1], dx[2], dx[3], dx[4], do[3], do[4],
@@ -114,9 +144,14 @@ def elu(x: torch.Tensor, out: torch.Tensor, table: torch.Tensor) -> bool:
 def concat_elu(x: torch.Tensor, out: torch.Tensor, table: torch.Tensor) -> bool:
     """out (..., 2C) = [elu(x), elu(-x)] along the last dimension; False if not fused."""
     dx, do = _dims(x), _dims(out)
-    if dx is None or do is None or not _usable(x):
+    if dx is None or do is None or dx[:2] != do[:2] or do[2] != 2 * dx[2]:
         return False
-    if dx[:2] != do[:2] or do[2] != 2 * dx[2]:
+    lib = _c(x)
+    if lib is not None:
+        lib.nnc_concat_elu(x.data_ptr(), out.data_ptr(), table.data_ptr(), *dx, *do[3:],
+                           float(fixed.ELU_MIN))  # fmt: skip
+        return True
+    if not _usable(x):
         return False
     n = x.numel()
     return _launch("concat_elu", n, x, out, table, n, dx[1], dx[2], dx[3], dx[4], do[3], do[4],
@@ -129,10 +164,17 @@ def gate(
     """out = clamp(x + round(a * SIG[b] / 2^16)) (quant.fixed.IntegerArithmetic.gate, with
     SIG / 2^16 as ``sig_scaled``); False if not fused."""
     ds = [_dims(t) for t in (x, a, b, out)]
-    if any(d is None or d[:3] != ds[0][:3] for d in ds) or not _usable(x):
+    if any(d is None or d[:3] != ds[0][:3] for d in ds):
+        return False
+    st = [s for d in ds for s in d[3:]]
+    lib = _c(x)
+    if lib is not None:
+        ptrs = [t.data_ptr() for t in (x, a, b, out, sig_scaled)]
+        lib.nnc_gate(*ptrs, *ds[0][:3], *st, float(fixed.SIG_MAX), float(fixed.ACT_MAX))
+        return True
+    if not _usable(x):
         return False
     n = x.numel()
-    st = [s for d in ds for s in d[3:]]
     return _launch("gate", n, x, a, b, out, sig_scaled, n, ds[0][1], ds[0][2], *st,
                    float(fixed.SIG_MAX), float(fixed.ACT_MAX))  # fmt: skip
 
@@ -146,7 +188,11 @@ def enabled(device: torch.device, part: str = "elementwise") -> bool:
         return False
     if device.type == "cuda":
         return _triton() is not None
-    return os.environ.get(ENV) == "force" and os.environ.get("TRITON_INTERPRET") == "1"
+    if _interpreted():
+        return True
+    from .cpu_kernels import library
+
+    return library() is not None
 
 
 def prepare_state(state: dict, n: int, nr_mix: int, device: torch.device) -> None:
@@ -173,8 +219,9 @@ def mixture_table(
     from . import distributions as qd
 
     n = params.shape[0]
+    lib = _c(params)
     if (
-        not _usable(params)
+        (lib is None and not _usable(params))
         or params.dim() != 2
         or params.stride(1) != 1
         or params.dtype != torch.float64
@@ -192,6 +239,10 @@ def mixture_table(
             g.stride(0), t.f["inv_scale"], t.t["tanh"], t.f["exp"], t.t["log"], t.cdf_table, c,
             nr_mix, n, float(qd.MEAN_MAX), qd.LOG_SCALE_LO, qd.LOG_SCALE_HI, qd.COEF_MAX,
             qd.EXP_MAX, float(fixed.SIG_MAX), qd.G_TOTAL)  # fmt: skip
+    if lib is not None:
+        ptr = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+        lib.nnc_mixture_table(*ptr)
+        return g
     try:
         _triton()["mixture_table"][(n,)](*args, BLOCK=256, MMAX=_MMAX)
     except Exception as e:  # noqa: BLE001 (as _launch)
