@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 # Before Triton's import: its own library functions (tl.sum, ...) are made for the
-# interpreter only when it is on at that time. (The C kernels do not look at it.)
+# interpreter only when it is on at that time. (The C kernels do not look at it.) Where
+# torch has imported Triton already (CUDA builds do, at import), the interpreter cannot be
+# had in this process: those runs check the compiled kernels with kernels_check instead.
+_TRITON_PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ["TRITON_INTERPRET"] = "1"
 # A kernel that fails falls back to the torch ops with a warning: here that is a failure.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -32,6 +36,8 @@ def backend(request, monkeypatch):
     if request.param == "triton":
         if importlib.util.find_spec("triton") is None:
             pytest.skip("Triton is not installed")
+        if _TRITON_PREIMPORTED:
+            pytest.skip("Triton was imported (by torch) before its interpreter was switched on")
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         monkeypatch.setenv(kernels.ENV, "force")
     else:
