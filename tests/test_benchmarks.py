@@ -310,3 +310,29 @@ def test_decode_speed_end_to_end(tmp_path: Path, histogram_file: Path) -> None:
     assert photo["model_name"] == "hist-uniform"
     assert batch["images"] == 2 and batch["pixels"] == 12 * 10 + 9 * 7
     assert "hist-uniform" in (out / "decode_speed.md").read_text()
+
+
+def test_wavefront_plan_lag_is_one_chunk_row_exactly_when_chunks_outreach_the_model():
+    from benchmarks import wavefront_plan as wp
+
+    # reads up to 10 columns right in the two rows above, 5 left in the current row
+    spans = {0: [-5, -1], -1: [-5, 10], -2: [-7, 10]}
+    sup = wp.support(spans, 40)
+    assert (-1, 10) in sup and (0, 0) not in sup and (-40, 10) in sup
+    assert wp.min_lag(sup, 10) is None  # a pixel would wait for one to its right
+    assert wp.min_lag(sup, 11) == 11 and wp.min_lag(sup, 16) == 16
+    s = wp.schedule(512, 768, 64, 16, 16)  # 8 strips of 48 chunks
+    assert s == {"steps": 64 * 16 + 47 * 16, "batch": 8 * 48, "busy": round(64 / 111, 3)}
+
+
+def test_model_reach_sees_only_the_past():
+    from conftest import tiny_pixelcnn
+
+    from benchmarks import model_reach
+
+    model = tiny_pixelcnn(3, seed=1).eval()
+    r = model_reach.reach(model, 12, 24, [(11, 12), (10, 13)])
+    spans = r["spans"]
+    assert spans[0][1] == -1  # the current row: strictly to the left
+    assert max(spans) == 0 and min(spans) < 0 and spans[-1][1] >= 1  # the row above, right
+    assert abs(sum(r["mass"].values()) - 1.0) < 1e-9
