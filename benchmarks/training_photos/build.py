@@ -243,6 +243,40 @@ def out_name(s: Source, f: int) -> str:
     return slug(f"{s.pkg.replace('-data', '')}__{parent}__{stem}") + f"__f{f}.webp"
 
 
+def select(sources, val, spec, factors, excluded, others=()) -> list:
+    """The analysed sources to keep, in spec order. The largest copy of a picture wins
+    (equal sizes: the earlier spec entry); every other one gets its reason in ``excluded``
+    (a failed analysis, JPEG quality, a near-duplicate of val, of ``others`` -- (path,
+    dhash, thumb) of another set's images -- or of a kept source, or too small for
+    ``factors``). Shared by benchmarks/data/photos2/build_extra.py."""
+    kept = []
+    for s in sorted(sources, key=lambda s: (-(s.size[0] * s.size[1]), s.idx)):
+        where = (s.pkg, shown_path(s.rel))
+        fmin = max(s.fmin, 3) if s.quality is not None and s.quality < spec.JPEG_Q_HARD else s.fmin
+        v = None if s.skip else val_match(s.dhash, s.thumb, val)
+        if s.skip:
+            reason = s.skip
+        elif s.quality is not None and s.quality < spec.JPEG_Q_SKIP:
+            reason = f"JPEG quality {s.quality}"
+        elif v:
+            reason = f"near-duplicate of val {v}"
+        elif (e := next((p for p, dh, th in others
+                         if similar(s.dhash, s.thumb, dh, th, spec.DUP_RULES)), None)):
+            reason = f"near-duplicate of training_photos {os.path.basename(e)}"
+        elif (dup := next((k for k in kept
+                           if similar(s.dhash, s.thumb, k.dhash, k.thumb, spec.DUP_RULES)), None)):
+            reason = f"duplicate of {dup.pkg} {shown_path(dup.rel)}"
+        elif not factors(*s.size, fmin):
+            reason = f"too small ({s.size[0]}x{s.size[1]})"
+        else:
+            s.fmin = fmin
+            kept.append(s)
+            continue
+        excluded.append((*where, reason))
+    kept.sort(key=lambda s: s.idx)
+    return kept
+
+
 def build(root: str, versions_tsv: str, out: str, jobs: int) -> None:
     versions = dict(line.rstrip("\n").split("\t") for line in open(versions_tsv) if line.strip())
     gdir = os.path.join(root, "gcompris-qt-data")
@@ -266,32 +300,7 @@ def build(root: str, versions_tsv: str, out: str, jobs: int) -> None:
     with Pool(jobs) as pool:
         sources = pool.map(analyse, sources, chunksize=4)
 
-    kept: list[Source] = []
-    # the largest copy of a picture wins; equal sizes go to the earlier spec entry
-    for s in sorted(sources, key=lambda s: (-(s.size[0] * s.size[1]), s.idx)):
-        where = (s.pkg, shown_path(s.rel))
-        if s.skip:
-            excluded.append((*where, s.skip))
-            continue
-        if s.quality is not None and s.quality < spec.JPEG_Q_SKIP:
-            excluded.append((*where, f"JPEG quality {s.quality}"))
-            continue
-        v = val_match(s.dhash, s.thumb, val)
-        if v:
-            excluded.append((*where, f"near-duplicate of val {v}"))
-            continue
-        dup = next((k for k in kept
-                    if similar(s.dhash, s.thumb, k.dhash, k.thumb, spec.DUP_RULES)), None)
-        if dup is not None:
-            excluded.append((*where, f"duplicate of {dup.pkg} {shown_path(dup.rel)}"))
-            continue
-        fmin = max(s.fmin, 3) if s.quality is not None and s.quality < spec.JPEG_Q_HARD else s.fmin
-        if not factors(*s.size, fmin):
-            excluded.append((*where, f"too small ({s.size[0]}x{s.size[1]})"))
-            continue
-        s.fmin = fmin
-        kept.append(s)
-    kept.sort(key=lambda s: s.idx)
+    kept = select(sources, val, spec, factors, excluded)
 
     staging = os.path.join(out, "_staging")
     os.makedirs(staging, exist_ok=True)

@@ -30,16 +30,7 @@ refuse() {  # refuse PKG: exit if the package is on the deny list
   fi
 }
 
-# apt state of our own per suite, so the host's sources and caches do not matter
-apt_opts() {  # apt_opts SUITE
-  local d="$WORK/apt-$1"
-  echo "-o Dir::Etc::SourceList=$d/sources.list -o Dir::Etc::SourceParts=/nonexistent" \
-       "-o Dir::Etc::Parts=/nonexistent -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache" \
-       "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Acquire::Languages=none" \
-       "-o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false" \
-       "-o Acquire::IndexTargets::deb::Contents-all::DefaultEnabled=false" \
-       "-o APT::Sandbox::User=root"
-}
+. "$HERE/apt.sh"  # apt_opts SUITE
 mkdir -p "$WORK/debs" "$WORK/unpack" "$OUT"
 "$PYTHON" -c "import sys; sys.path.insert(0, '$HERE'); import spec
 for p, (suite, v) in spec.PACKAGES.items(): print(p, suite, v)" > "$WORK/packages.txt"

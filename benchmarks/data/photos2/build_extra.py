@@ -156,36 +156,7 @@ def build(root: str, versions_tsv: str, existing: str, out: str, jobs: int) -> N
         ex = pool.map(existing_fp, ex_files, chunksize=16)
     print(f"{len(sources)} extra sources analysed; {len(ex)} training_photos images fingerprinted")
 
-    kept: list[Source] = []
-    for s in sorted(sources, key=lambda s: (-(s.size[0] * s.size[1]), s.idx)):
-        where = (s.pkg, s.rel)
-        if s.skip:
-            excluded.append((*where, s.skip))
-            continue
-        if s.quality is not None and s.quality < spec.JPEG_Q_SKIP:
-            excluded.append((*where, f"JPEG quality {s.quality}"))
-            continue
-        v = tp.val_match(s.dhash, s.thumb, val)
-        if v:
-            excluded.append((*where, f"near-duplicate of val {v}"))
-            continue
-        e = next((p for p, dh, th in ex
-                  if tp.similar(s.dhash, s.thumb, dh, th, spec.DUP_RULES)), None)
-        if e is not None:
-            excluded.append((*where, f"near-duplicate of training_photos {os.path.basename(e)}"))
-            continue
-        dup = next((k for k in kept
-                    if tp.similar(s.dhash, s.thumb, k.dhash, k.thumb, spec.DUP_RULES)), None)
-        if dup is not None:
-            excluded.append((*where, f"duplicate of {dup.pkg} {dup.rel}"))
-            continue
-        fmin = max(s.fmin, 3) if s.quality is not None and s.quality < spec.JPEG_Q_HARD else s.fmin
-        if not factors(*s.size, fmin):
-            excluded.append((*where, f"too small ({s.size[0]}x{s.size[1]})"))
-            continue
-        s.fmin = fmin
-        kept.append(s)
-    kept.sort(key=lambda s: s.idx)
+    kept = tp.select(sources, val, spec, factors, excluded, others=ex)
 
     for d in ("train", "heldout"):
         os.makedirs(os.path.join(out, d), exist_ok=True)

@@ -40,16 +40,7 @@ DENY_RE=$(spec 'print(s.DENY_PACKAGE_RE)')
 mkdir -p "$WORK/debs" "$WORK/unpack" "$OUT"
 spec 'for p, (su, v) in s.PACKAGES.items(): print(p, su, v, s.EXTRACT_ONLY.get(p, "-"))' > "$WORK/packages.txt"
 
-# apt state of our own per suite ("bookworm" = bookworm + updates + security; "sid")
-apt_opts() {  # apt_opts SUITE
-  local d="$WORK/apt-$1"
-  echo "-o Dir::Etc::SourceList=$d/sources.list -o Dir::Etc::SourceParts=/nonexistent" \
-       "-o Dir::Etc::Parts=/nonexistent -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache" \
-       "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Acquire::Languages=none" \
-       "-o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false" \
-       "-o Acquire::IndexTargets::deb::Contents-all::DefaultEnabled=false" \
-       "-o APT::Sandbox::User=root"
-}
+. "$HERE/../../training_photos/apt.sh"  # apt_opts SUITE
 for suite in $(awk '{print $2}' "$WORK/packages.txt" | sort -u); do
   d="$WORK/apt-$suite"; mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
   if [ "$suite" = bookworm ]; then
