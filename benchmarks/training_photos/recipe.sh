@@ -67,18 +67,5 @@ start=$(date +%s)
 echo "build: $(( $(date +%s) - start )) s"
 
 # Pixels must match the committed manifest (other Pillow/libjpeg versions may differ slightly).
-"$PYTHON" - "$HERE/MANIFEST.tsv" "$OUT/MANIFEST.tsv" <<'PY'
-import sys
-def rows(p):
-    try:
-        return {r.split("\t")[5]: r.split("\t")[7] for r in list(open(p))[1:]}
-    except FileNotFoundError:
-        return {}
-ref, new = rows(sys.argv[1]), rows(sys.argv[2])
-if not ref:
-    sys.exit(print("no committed MANIFEST.tsv to compare with"))
-same = sum(ref.get(k) == v for k, v in new.items())
-print(f"pixels identical to the committed manifest: {same} of {len(ref)} "
-      f"(new files {len(set(new) - set(ref))}, missing {len(set(ref) - set(new))})")
-PY
+"$PYTHON" "$HERE/compare_manifest.py" "$HERE/MANIFEST.tsv" "$OUT/MANIFEST.tsv"
 du -sh "$OUT"/shard-* | tr '\n' ' '; echo

@@ -94,18 +94,5 @@ start=$(date +%s)
 echo "build: $(( $(date +%s) - start )) s"
 
 # Pixels against the committed manifest (other Pillow/libjpeg versions may differ slightly).
-"$PYTHON" - "$HERE/MANIFEST.tsv" "$OUT/MANIFEST.tsv" <<'PY'
-import csv, sys
-def rows(p):
-    try:
-        return {r["file"]: r["pixels_sha256"] for r in csv.DictReader(open(p), delimiter="\t")}
-    except FileNotFoundError:
-        return {}
-ref, new = rows(sys.argv[1]), rows(sys.argv[2])
-if not ref:
-    sys.exit(print("no committed MANIFEST.tsv to compare with"))
-same = sum(ref.get(k) == v for k, v in new.items())
-print(f"pixels identical to the committed manifest: {same} of {len(ref)} "
-      f"(new files {len(set(new) - set(ref))}, missing {len(set(ref) - set(new))})")
-PY
+"$PYTHON" "$HERE/../../training_photos/compare_manifest.py" "$HERE/MANIFEST.tsv" "$OUT/MANIFEST.tsv"
 du -sh "$OUT/train" "$OUT/heldout" | tr '\n' ' '; echo
