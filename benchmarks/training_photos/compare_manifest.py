@@ -19,5 +19,7 @@ if __name__ == "__main__":
     if not ref:
         sys.exit(print("no committed MANIFEST.tsv to compare with"))
     same = sum(ref.get(k) == v for k, v in new.items())
-    print(f"pixels identical to the committed manifest: {same} of {len(ref)} "
-          f"(new files {len(set(new) - set(ref))}, missing {len(set(ref) - set(new))})")
+    print(
+        f"pixels identical to the committed manifest: {same} of {len(ref)} "
+        f"(new files {len(set(new) - set(ref))}, missing {len(set(ref) - set(new))})"
+    )
