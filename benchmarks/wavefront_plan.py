@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from model_reach import reach  # noqa: E402
 
 from nncompress.planes import score_planes  # noqa: E402
@@ -76,15 +77,8 @@ def schedule(h: int, w: int, hs: int, wc: int, d: int) -> dict:
     return {
         "steps": steps,
         "batch": strips * chunks,
-        "busy": round(rows * wc * chunks / (steps * chunks), 3),  # share of slot-steps coding
+        "busy": round(rows * wc / steps, 3),  # share of slot-steps coding
     }
-
-
-def _planes(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     names = args.model or ["pixelcnnpp-photo-small", "pixelcnnpp-photo"]
-    files = sorted(p for p in args.folder.iterdir() if p.suffix in (".png", ".webp"))
+    files = common.list_images(args.folder)
     files = files[: args.limit] if args.limit else files
-    images = [_planes(p) for p in files]
+    images = [common.load_sample(p).array.transpose(2, 0, 1).copy() for p in files]
     subpixels = sum(im.size for im in images)
     strips = [int(s) for s in args.strips.split(",")]
     widths = [int(s) for s in args.widths.split(",")]

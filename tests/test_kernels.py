@@ -31,8 +31,7 @@ from nncompress.quant import cpu_kernels, fixed, kernels  # noqa: E402
 @pytest.fixture(autouse=True, params=["c", "triton"])
 def backend(request, monkeypatch):
     """Which kernels the CPU tensors of a test go to."""
-    kernels._triton.cache_clear()
-    cpu_kernels.library.cache_clear()
+    _clear_caches()
     if request.param == "triton":
         if importlib.util.find_spec("triton") is None:
             pytest.skip("Triton is not installed")
@@ -46,7 +45,12 @@ def backend(request, monkeypatch):
         if cpu_kernels.library() is None:
             pytest.skip("no C compiler: the CPU kernels are not built")
     yield request.param
+    _clear_caches()
+
+
+def _clear_caches() -> None:
     kernels._triton.cache_clear()
+    kernels._cpu_lib.cache_clear()
     cpu_kernels.library.cache_clear()
 
 
@@ -195,7 +199,7 @@ def test_the_c_kernels_are_off_when_asked(monkeypatch, backend):
     if backend != "c":
         pytest.skip("(the C kernels' switch)")
     monkeypatch.setenv(cpu_kernels.ENV, "0")
-    cpu_kernels.library.cache_clear()
+    _clear_caches()
     assert cpu_kernels.library() is None
     assert not kernels.enabled(torch.device("cpu"))
     x = torch.arange(-6.0, 6.0, dtype=torch.float64).view(3, 4)

@@ -75,13 +75,20 @@ def _usable(*ts: torch.Tensor) -> bool:
     return _interpreted()
 
 
-def _c(t: torch.Tensor):
-    """The C kernels (quant.cpu_kernels) for a CPU tensor, or None."""
-    if t.is_cuda or _interpreted():
+@functools.cache
+def _cpu_lib():
+    """The C kernels (quant.cpu_kernels) for CPU tensors, or None: off, no compiler, or
+    Triton's interpreter runs them (the tests). Cached: it is asked once per kernel call."""
+    if _interpreted():
         return None
     from .cpu_kernels import library
 
     return library()
+
+
+def _c(t: torch.Tensor):
+    """The C kernels for a CPU tensor, or None."""
+    return None if t.is_cuda else _cpu_lib()
 
 
 def _grid(n: int) -> tuple[int]:
@@ -188,11 +195,7 @@ def enabled(device: torch.device, part: str = "elementwise") -> bool:
         return False
     if device.type == "cuda":
         return _triton() is not None
-    if _interpreted():
-        return True
-    from .cpu_kernels import library
-
-    return library() is not None
+    return _interpreted() or _cpu_lib() is not None
 
 
 def prepare_state(state: dict, n: int, nr_mix: int, device: torch.device) -> None:
