@@ -7,10 +7,12 @@
 #   WORK_DIR  private apt state, .deb files (~1.1 GB) and unpacked packages (~2.5 GB)
 #   env PYTHON  interpreter with Pillow (WebP) and numpy (default: python3)
 #   env JOBS    worker processes (default 2)
+#   env STRICT=1  stop when a pinned version is no longer served (default: warn, take the
+#                 archive's current version, and let the manifest comparison show the drift)
 # Needs: Debian's apt-get, dpkg-deb, tar and the Debian archive keyring; reaches deb.debian.org.
 # Both paths should be outside the repository (or ignored by git).
 set -euo pipefail
-[ $# -eq 2 ] || { sed -n '2,11p' "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(realpath -m "$1")
 WORK=$(realpath -m "$2")
@@ -44,15 +46,8 @@ done
 : > "$WORK/versions.tsv"
 while read -r pkg suite ver; do
   refuse "$pkg"
-  fver=${ver//:/%3a}
-  deb=$(ls "$WORK/debs/${pkg}_${fver}_"*.deb 2>/dev/null | head -n1 || true)
-  if [ -z "$deb" ]; then
-    # shellcheck disable=SC2046
-    (cd "$WORK/debs" && apt-get $(apt_opts "$suite") download -qq "$pkg=$ver") ||
-      { echo "$pkg $ver is no longer served by $suite: update spec.PACKAGES" >&2; exit 1; }
-    deb=$(ls "$WORK/debs/${pkg}_${fver}_"*.deb | head -n1)
-  fi
-  [ "$(dpkg-deb -f "$deb" Version)" = "$ver" ] || { echo "version mismatch: $deb" >&2; exit 1; }
+  deb=$(fetch_deb "$pkg" "$suite" "$ver")
+  ver=$(dpkg-deb -f "$deb" Version)
   if [ ! -d "$WORK/unpack/$pkg" ]; then
     mkdir -p "$WORK/unpack/$pkg.tmp"
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$WORK/unpack/$pkg.tmp" --exclude='*[kK][oO][dD][iI][mM]*'

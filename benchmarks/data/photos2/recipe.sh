@@ -58,20 +58,8 @@ done
 : > "$WORK/versions.tsv"
 while read -r pkg suite ver only; do
   if [[ "$pkg" =~ $DENY_RE ]]; then echo "refused: $pkg is reserved for evaluation" >&2; exit 1; fi
-  fver=${ver//:/%3a}
-  deb=$(ls "$WORK/debs/${pkg}_${fver}_"*.deb 2>/dev/null | head -n1 || true)
-  if [ -z "$deb" ]; then
-    # shellcheck disable=SC2046
-    if ! (cd "$WORK/debs" && apt-get $(apt_opts "$suite") download -qq "$pkg=$ver"); then
-      [ "$STRICT" = 1 ] && { echo "$pkg $ver is no longer served by $suite" >&2; exit 1; }
-      echo "WARNING: $pkg $ver is no longer served by $suite; using the current version" >&2
-      # shellcheck disable=SC2046
-      (cd "$WORK/debs" && apt-get $(apt_opts "$suite") download -qq "$pkg")
-    fi
-    deb=$(ls -t "$WORK/debs/${pkg}_"*.deb | head -n1)
-  fi
+  deb=$(fetch_deb "$pkg" "$suite" "$ver")
   got=$(dpkg-deb -f "$deb" Version)
-  [ "$got" = "$ver" ] || echo "WARNING: $pkg: pinned $ver, using $got (pixels may differ)" >&2
   stamp="$WORK/unpack/.$pkg.version"
   if [ ! -d "$WORK/unpack/$pkg" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$got" ]; then
     rm -rf "$WORK/unpack/$pkg" "$WORK/unpack/$pkg.tmp"
